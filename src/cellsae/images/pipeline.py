@@ -385,8 +385,11 @@ def _run_tasks(tasks: list[dict], n_workers: int) -> list[dict]:
         import concurrent.futures as cf
         import multiprocessing as mp
 
+        # fork starts workers fast and works from any __main__ (scripts, notebooks, stdin);
+        # workers only run numpy/scipy/scikit-image code.
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
         # Bounded memory: at most 2 fields per worker are queued or in flight.
-        with cf.ProcessPoolExecutor(n_workers, mp_context=mp.get_context("spawn")) as pool:
+        with cf.ProcessPoolExecutor(n_workers, mp_context=mp.get_context(method)) as pool:
             pending: set = set()
             queue = iter(tasks)
             for task in queue:

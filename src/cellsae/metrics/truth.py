@@ -42,7 +42,8 @@ def _standardise(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def factor_correlations(z, factors, *, method: str = "spearman", chunk: int = 2048) -> np.ndarray:
+def factor_correlations(z, factors, *, method: str = "spearman", absolute: bool = True,
+                        chunk: int = 2048) -> np.ndarray:
     """Absolute correlation of every representation dimension with every true factor.
 
     Parameters
@@ -53,10 +54,13 @@ def factor_correlations(z, factors, *, method: str = "spearman", chunk: int = 20
     method : {"spearman", "pearson"}
         Spearman (rank) correlation is the default: an SAE latent is a ReLU-like,
         monotone but non-linear read-out of a factor.
+    absolute : bool
+        Return |correlation| (default) or the signed correlation.
 
     Returns
     -------
-    (n_dims, n_factors) array of |correlation| in [0, 1]; constant columns give 0.
+    (n_dims, n_factors) array of |correlation| in [0, 1] (signed in [-1, 1] if not
+    ``absolute``); constant columns give 0.
     """
     if method not in ("spearman", "pearson"):
         raise ValueError(f"method must be 'spearman' or 'pearson', got {method!r}")
@@ -75,8 +79,9 @@ def factor_correlations(z, factors, *, method: str = "spearman", chunk: int = 20
         block = _columns_dense(zc[:, start:start + chunk], "z")
         if method == "spearman":
             block = rankdata(block, axis=0)
-        out[start:start + block.shape[1]] = np.abs(_standardise(block).T @ fs)
-    return np.clip(out, 0.0, 1.0)
+        out[start:start + block.shape[1]] = _standardise(block).T @ fs
+    out = np.clip(out, -1.0, 1.0)
+    return np.abs(out) if absolute else out
 
 
 @dataclass(frozen=True)

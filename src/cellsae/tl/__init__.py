@@ -2,3 +2,7 @@
 
 Each module appends its public names below (one import line per module).
 """
+from .latents import latents_anndata, latent_stats, pca_latents, cluster_latents, dpt_root, dpt_distances, pseudotime, phate
+from .differential import rank_features, pseudobulk_test, differential_features, count_significant, benjamini_hochberg
+from .annotate import annotate_latents, top_cells
+from .compare import compare_representations

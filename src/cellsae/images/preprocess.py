@@ -71,17 +71,17 @@ def focus_score(image: np.ndarray) -> float:
     return float(lap.var() / mean**2)
 
 
-def estimate_flatfield(images: Iterable[np.ndarray], *, smoothing: float = 0.125
-                       ) -> np.ndarray:
+def estimate_flatfield(images: Iterable[np.ndarray], *, degree: int = 4) -> np.ndarray:
     """Illumination profile from many fields of one channel (mean 1).
 
     The per-pixel median over fields removes cells (they move, the illumination does
-    not); a wide Gaussian (sigma = ``smoothing`` x the image size) keeps only the slow
-    vignetting. Divide a field by the result to flatten it.
+    not); a smooth 2-D polynomial of ``degree`` fitted to that median keeps only the slow
+    vignetting, corners included. Divide a field by the result to flatten it.
 
     Parameters
     ----------
     images : iterable of (H, W) arrays, all of one channel.
+    degree : total degree of the polynomial surface.
 
     Returns
     -------
@@ -94,14 +94,26 @@ def estimate_flatfield(images: Iterable[np.ndarray], *, smoothing: float = 0.125
     if len(shapes) != 1:
         raise ValueError(f"all images must have the same shape, got {sorted(shapes)}")
     median = np.median(np.stack(stack), axis=0) if len(stack) > 1 else stack[0]
-    sigma = smoothing * max(median.shape)
-    profile = ndi.gaussian_filter(median, sigma, mode="reflect")
+    h, w = median.shape
+    step = max(1, min(h, w) // 64)
+    small = median[: h - h % step, : w - w % step]
+    small = small.reshape(small.shape[0] // step, step, small.shape[1] // step, step).mean((1, 3))
+    ys = (np.arange(small.shape[0]) * step + (step - 1) / 2) / max(h - 1, 1) * 2 - 1
+    xs = (np.arange(small.shape[1]) * step + (step - 1) / 2) / max(w - 1, 1) * 2 - 1
+    powers = [(i, j) for i in range(degree + 1) for j in range(degree + 1 - i)]
+
+    def design(y, x):
+        yy, xx = np.meshgrid(y, x, indexing="ij")
+        return np.stack([yy.ravel() ** i * xx.ravel() ** j for i, j in powers], 1)
+
+    coef, *_ = np.linalg.lstsq(design(ys, xs), small.ravel().astype(np.float64), rcond=None)
+    full = design(np.linspace(-1, 1, h), np.linspace(-1, 1, w)) @ coef
+    profile = full.reshape(h, w)
     mean = float(profile.mean())
     if not np.isfinite(mean) or mean <= 0:
         return np.ones(median.shape, np.float32)
-    profile = profile / mean
     # Never amplify a dark corner by more than 5x (it is mostly noise there).
-    return np.clip(profile, 0.2, None).astype(np.float32)
+    return np.clip(profile / mean, 0.2, None).astype(np.float32)
 
 
 def subtract_background(image: np.ndarray, *, percentile: float = 5.0) -> np.ndarray:

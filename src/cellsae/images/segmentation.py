@@ -45,6 +45,9 @@ class NucleusParams:
     min_area_fraction : objects smaller than this fraction of the typical area are dropped.
     seed_h : h of the h-maxima seeds on the distance transform, as a fraction of the
         typical radius (larger merges more, smaller splits more).
+    min_contrast : objects whose mean is less than this many robust noise standard
+        deviations above the background are dropped (an empty field of pure noise
+        yields no nuclei).
     """
 
     diameter: float | None = None
@@ -54,6 +57,7 @@ class NucleusParams:
     local_fraction: float = 0.35
     min_area_fraction: float = 0.15
     seed_h: float = 0.1
+    min_contrast: float = 4.0
     fill_holes: bool = True
 
     def to_dict(self) -> dict:
@@ -136,6 +140,9 @@ def _classical_nuclei(image: np.ndarray, params: NucleusParams) -> np.ndarray:
         if params.fill_holes:
             mask = ndi.binary_fill_holes(mask)
     mask = _drop_small(ndi.label(mask)[0], min_area) > 0
+    mask = _drop_faint(mask, smooth, params.min_contrast)
+    if not mask.any():
+        return empty
 
     distance = ndi.gaussian_filter(ndi.distance_transform_edt(mask) / radius, 1.0)
     seeds, _ = ndi.label(h_maxima(distance, params.seed_h) & mask)
@@ -146,6 +153,22 @@ def _classical_nuclei(image: np.ndarray, params: NucleusParams) -> np.ndarray:
         labels = np.where(orphan > 0, orphan + labels.max(), labels)
     labels = _drop_small(labels, min_area)
     return _relabel(labels)
+
+
+def _drop_faint(mask: np.ndarray, smooth: np.ndarray, min_contrast: float) -> np.ndarray:
+    """Remove components whose mean is within ``min_contrast`` noise SDs of background."""
+    if min_contrast <= 0 or mask.all():
+        return mask
+    background = smooth[~mask]
+    centre = float(np.median(background))
+    noise = 1.4826 * float(np.median(np.abs(background - centre)))
+    noise = max(noise, 1e-6)
+    labels, n = ndi.label(mask)
+    if n == 0:
+        return mask
+    means = np.asarray(ndi.mean(smooth, labels, np.arange(1, n + 1)))
+    keep = np.concatenate([[False], means - centre >= min_contrast * noise])
+    return keep[labels]
 
 
 def _drop_small(labels: np.ndarray, min_area: float) -> np.ndarray:

@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/cellsae demo --out demo_out
+	$(BIN)/cellsae synth --out demo_out/world --n-cells 2000 --plates
 
 test: install
 	$(BIN)/ruff check src tests benchmarks

@@ -73,5 +73,5 @@ def main() -> None:
         sys.exit(2)
 
 
-if __name__ == "__main__":  # pragma: no cover
+if __name__ == "__main__":  # pragma: no cover - python -m cellsae.cli
     main()

@@ -199,6 +199,7 @@ class CropStore:
     """
 
     def __init__(self, source: str | Path | np.ndarray, channel_names: Sequence[str] | None = None):
+        self._file = None
         if isinstance(source, np.ndarray):
             if source.ndim != 4:
                 raise ValueError(f"crops must be (n, C, H, W), got shape {source.shape}")
@@ -217,7 +218,6 @@ class CropStore:
                 names = [x.decode() if isinstance(x, bytes) else str(x)
                          for x in f["uns"][CROPS_KEY]["channel_names"][()]]
         self.channel_names = names or [f"ch{i}" for i in range(self.shape[1])]
-        self._file = None
 
     def __len__(self) -> int:
         return int(self.shape[0])

@@ -201,7 +201,7 @@ def _calibrate(source: PlateSource, fields: list[tuple[str, int]], ids: list, na
                                     flatfield=cfg.flatfield)
     cal.save(path)
     areas = []
-    for s in sample[:4]:
+    for s in sample[:3]:
         labels = segment_nuclei(s[nuc], backend=cfg.segmentation_backend,
                                 **cfg.segmentation_params)
         if labels.max():

@@ -101,14 +101,16 @@ def estimate_flatfield(images: Iterable[np.ndarray], *, degree: int = 4) -> np.n
     ys = (np.arange(small.shape[0]) * step + (step - 1) / 2) / max(h - 1, 1) * 2 - 1
     xs = (np.arange(small.shape[1]) * step + (step - 1) / 2) / max(w - 1, 1) * 2 - 1
     powers = [(i, j) for i in range(degree + 1) for j in range(degree + 1 - i)]
-
-    def design(y, x):
-        yy, xx = np.meshgrid(y, x, indexing="ij")
-        return np.stack([yy.ravel() ** i * xx.ravel() ** j for i, j in powers], 1)
-
-    coef, *_ = np.linalg.lstsq(design(ys, xs), small.ravel().astype(np.float64), rcond=None)
-    full = design(np.linspace(-1, 1, h), np.linspace(-1, 1, w)) @ coef
-    profile = full.reshape(h, w)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    design = np.stack([yy.ravel() ** i * xx.ravel() ** j for i, j in powers], 1)
+    coef, *_ = np.linalg.lstsq(design, small.ravel().astype(np.float64), rcond=None)
+    # Evaluate separably: profile = Y @ C @ X.T with Y[:, i] = y**i, X[:, j] = x**j.
+    c = np.zeros((degree + 1, degree + 1))
+    for (i, j), value in zip(powers, coef, strict=True):
+        c[i, j] = value
+    y_pow = np.linspace(-1, 1, h)[:, None] ** np.arange(degree + 1)
+    x_pow = np.linspace(-1, 1, w)[:, None] ** np.arange(degree + 1)
+    profile = y_pow @ c @ x_pow.T
     mean = float(profile.mean())
     if not np.isfinite(mean) or mean <= 0:
         return np.ones(median.shape, np.float32)
@@ -117,9 +119,14 @@ def estimate_flatfield(images: Iterable[np.ndarray], *, degree: int = 4) -> np.n
 
 
 def subtract_background(image: np.ndarray, *, percentile: float = 5.0) -> np.ndarray:
-    """Subtract a constant background (a low percentile of the image), clipping at 0."""
+    """Subtract a constant background (a low percentile of the image), clipping at 0.
+
+    The percentile is taken on every other pixel in each direction (a quarter of the
+    pixels): the same value to within noise, four times faster on large fields.
+    """
     image = np.asarray(image, dtype=np.float32)
-    return np.clip(image - np.percentile(image, percentile), 0, None)
+    sample = image[::2, ::2] if image.ndim == 2 and image.size > 4096 else image
+    return np.clip(image - np.percentile(sample, percentile), 0, None)
 
 
 def normalize_percentile(image: np.ndarray, low: float, high: float) -> np.ndarray:

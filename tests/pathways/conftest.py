@@ -10,41 +10,43 @@ LEVEL2_PER_LEVEL1 = (2, 2, 3)
 LEVEL3_PER_LEVEL2 = (2, 3, 2, 3, 2, 2, 3)
 
 
-def planted_hierarchy(rng: np.random.Generator, *, n_cells: int = 300, genes_per_module: int = 8,
-                      n_background: int = 40, level_sd: tuple[float, float, float] = (1.0, 0.8, 0.7),
-                      noise_sd: float = 0.6, counts: bool = False):
+def planted_hierarchy(rng: np.random.Generator, *, n_cells: int = 400, genes_per_module: int = 10,
+                      n_background: int = 20, level_sd: tuple[float, float, float] = (0.7, 0.8, 1.0),
+                      weight: float = 0.8, base_mean: float = 3.0, counts: bool = True):
     """Cells x genes expression with a planted 3 > 7 > 17 module hierarchy.
 
-    A level-1 program is N(0, s1); a level-2 program is its parent plus N(0, s2); a level-3
-    program its parent plus N(0, s3). Each gene of a level-3 module is a loading times the
-    program plus gene noise; background genes are noise only.
+    Each level has its own program per module (level-1 N(0, s1), level-2 N(0, s2), level-3
+    N(0, s3)); a gene of a level-3 module follows the sum of its module's programs at the
+    three levels, times a gene weight. Background genes follow nothing. With ``counts``,
+    expression is Poisson with log-mean ``log(base_mean) + signal`` (sparse, like
+    scRNA-seq); otherwise it is ``signal + N(0, 0.6)``.
 
-    Returns (x, genes, truth) with x (n_cells, n_genes) float (log-scale) or int counts,
-    and truth a dict level -> (n_genes,) array of module names ("" for background).
+    Returns (x, genes, truth): x (n_cells, n_genes); genes, names; truth, a dict
+    level -> (n_genes,) array of module names ("" for background genes).
     """
     parent2 = np.repeat(np.arange(len(LEVEL2_PER_LEVEL1)), LEVEL2_PER_LEVEL1)
     parent3 = np.repeat(np.arange(len(LEVEL3_PER_LEVEL2)), LEVEL3_PER_LEVEL2)
-    a1 = rng.normal(0, level_sd[0], size=(n_cells, len(LEVEL2_PER_LEVEL1)))
-    a2 = a1[:, parent2] + rng.normal(0, level_sd[1], size=(n_cells, len(parent2)))
-    a3 = a2[:, parent3] + rng.normal(0, level_sd[2], size=(n_cells, len(parent3)))
-    module3 = np.repeat(np.arange(len(parent3)), genes_per_module)
-    loadings = rng.uniform(0.7, 1.3, size=module3.size)
-    module_x = a3[:, module3] * loadings + rng.normal(0, noise_sd, size=(n_cells, module3.size))
-    x = np.concatenate([module_x, rng.normal(0, 1.0, size=(n_cells, n_background))], axis=1)
-    n_genes = x.shape[1]
-    genes = [f"G{i:04d}" for i in range(n_genes)]
-    m3 = module3
+    own1 = rng.normal(0, level_sd[0], size=(n_cells, len(LEVEL2_PER_LEVEL1)))
+    own2 = rng.normal(0, level_sd[1], size=(n_cells, len(parent2)))
+    own3 = rng.normal(0, level_sd[2], size=(n_cells, len(parent3)))
+    m3 = np.repeat(np.arange(len(parent3)), genes_per_module)
     m2 = parent3[m3]
     m1 = parent2[m2]
+    w = weight * rng.uniform(0.8, 1.2, size=m3.size)
+    signal = w * (0.8 * own1[:, m1] + 0.9 * own2[:, m2] + own3[:, m3])
+    signal = np.concatenate([signal, np.zeros((n_cells, n_background))], axis=1)
+    if counts:
+        base = np.log(base_mean) + rng.normal(0, 0.3, size=signal.shape[1])
+        x = rng.poisson(np.exp(base + signal)).astype(np.float32)
+    else:
+        x = signal + rng.normal(0, 0.6, size=signal.shape)
+    genes = [f"G{i:04d}" for i in range(signal.shape[1])]
     pad = [""] * n_background
     truth = {
         1: np.array([f"L1_{i}" for i in m1] + pad, dtype=object),
         2: np.array([f"L2_{i}" for i in m2] + pad, dtype=object),
         3: np.array([f"L3_{i}" for i in m3] + pad, dtype=object),
     }
-    if counts:
-        rate = np.exp(1.0 + 0.35 * x)
-        x = rng.poisson(rate).astype(np.float32)
     return x, genes, truth
 
 

@@ -201,7 +201,9 @@ class ResolutionScan:
 
         Columns: ``n_modules``, ``start``, ``stop`` (indices into the grid, stop exclusive),
         ``width`` (number of resolutions), ``stability`` (mean seed stability over the run),
-        ``score`` (width × stability), ``index`` and ``resolution`` (the run's middle).
+        ``score`` (width × stability), ``index`` and ``resolution`` (the run's
+        representative: the resolution leaving the fewest genes unassigned, then the one
+        nearest the middle).
         """
         agreement = self.adjacent_agreement()
         rows = []
@@ -212,7 +214,10 @@ class ResolutionScan:
                     or agreement[stop - 1] < min_agreement):
                 idx = np.arange(start, stop)
                 stability = float(np.mean(self.seed_stability[idx]))
-                middle = int(idx[len(idx) // 2])
+                # the run's representative: fewest unassigned genes, then nearest the middle
+                unassigned = np.asarray([np.mean(self.partitions[i] < 0) for i in idx])
+                centre = (idx[0] + idx[-1]) / 2
+                middle = int(idx[np.lexsort((np.abs(idx - centre), unassigned))[0]])
                 rows.append({"n_modules": int(self.n_modules[start]), "start": start, "stop": stop,
                              "width": int(idx.size), "stability": stability,
                              "unassigned": float(np.mean([np.mean(self.partitions[i] < 0)

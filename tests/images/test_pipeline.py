@@ -170,3 +170,19 @@ def test_cli_ingest(toy_plate, tmp_path):
     assert "donor" in adata.obs  # platemap.csv beside the plates is picked up
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_per_field_ome_tiff_stacks(tmp_path):
+    from cellsae.images.toy import make_toy_field
+
+    plate = tmp_path / "stacks" / "p1"
+    plate.mkdir(parents=True)
+    n_true = 0
+    for i, well in enumerate(["B02", "C05"]):
+        stack, truth = make_toy_field(96, 5, n_planes=2, seed=i)
+        n_true += len(truth)
+        tifffile.imwrite(plate / f"{well}_f1.ome.tif", stack, metadata={"axes": "CZYX"})
+    result = ingest(plate, tmp_path / "s.h5sc", pattern="stack",
+                    channels="1=nucleus,2=death,3=mito,4=lyso", **SETTINGS)
+    assert result.n_cells == n_true
+    assert result.channel_names == ["nucleus", "death", "mito", "lyso", "mask"]

@@ -150,6 +150,9 @@ def process_field(task: dict) -> dict:
     skip = [f for f in qc.flags if f in cfg.skip_flags]
     if skip:
         record.update(status="qc_failed", reason=";".join(skip))
+        logger.warning("skipping %s %s field %s: QC flag(s) %s (focus %.3g, %d nuclei)",
+                       task["plate"], task["well"], task["field"], ", ".join(skip), qc.focus,
+                       qc.n_cells)
         nuclei = np.zeros_like(nuclei)
     cyto = corrected[names.index(cfg.cytoplasm_channel)] \
         if cfg.cytoplasm_channel in names else None
@@ -317,8 +320,11 @@ def ingest(plate_dir: str | Path, out: str | Path, *, platemap: str | Path | pd.
     manifest = {"format_version": _FORMAT_VERSION, "fingerprint": cfg.fingerprint(),
                 "plates": [str(p.folder) for p in plates]}
     manifest_path = parts / "manifest.json"
-    if parts.exists():
-        old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    if parts.exists() and any(parts.iterdir()):
+        try:
+            old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+        except json.JSONDecodeError:
+            old = {}
         if old != manifest:
             if not overwrite:
                 raise ValueError(f"'{parts}' holds finished fields from a run with different "

@@ -101,3 +101,15 @@ def test_default_reaches_target_on_annotated_nuclei(shared_data):
     image = tifffile.imread(folder / "stardist_img2d.tif")
     truth = tifffile.imread(folder / "stardist_mask2d.tif")
     assert match_instances(truth, segment_nuclei(image)).f1 >= 0.80
+
+
+def test_in_memory_field_core():
+    from cellsae.images import ingest_field_arrays
+
+    stack, truth = make_toy_field(96, 5, seed=2)
+    image = stack.max(1).astype(np.float32)
+    out = ingest_field_arrays(image, ["nucleus", "death", "mito", "lyso"], crop_size=16)
+    assert out["crops"].crops.shape == (len(truth), 5, 16, 16)
+    assert out["features"].shape == (len(truth), len(out["feature_names"]))
+    with pytest.raises(ValueError, match="nucleus channel"):
+        ingest_field_arrays(image, ["a", "b", "c", "d"])

@@ -186,3 +186,35 @@ def test_per_field_ome_tiff_stacks(tmp_path):
                     channels="1=nucleus,2=death,3=mito,4=lyso", **SETTINGS)
     assert result.n_cells == n_true
     assert result.channel_names == ["nucleus", "death", "mito", "lyso", "mask"]
+
+
+def test_ome_zarr_hcs_plate(tmp_path):
+    import zarr
+
+    from cellsae.images.io import OmeZarrPlate, discover_plates
+    from cellsae.images.toy import make_toy_field
+
+    path = tmp_path / "p7.zarr"
+    root = zarr.open_group(str(path), mode="w")
+    wells, n_true = [], 0
+    for i, (row, col) in enumerate([("B", "2"), ("C", "4")]):
+        well = root.require_group(f"{row}/{col}")
+        images = []
+        for f in range(2):
+            stack, truth = make_toy_field(96, 4, n_planes=2, seed=10 * i + f)
+            n_true += len(truth)
+            image = well.require_group(str(f))
+            image.create_array("0", data=stack)
+            image.attrs["multiscales"] = [{"axes": [{"name": a} for a in "czyx"],
+                                           "datasets": [{"path": "0"}]}]
+            images.append({"path": str(f)})
+        well.attrs["well"] = {"images": images}
+        wells.append({"path": f"{row}/{col}"})
+    root.attrs["plate"] = {"wells": wells}
+    plates = discover_plates(tmp_path)
+    assert len(plates) == 1 and isinstance(plates[0], OmeZarrPlate)
+    assert plates[0].fields() == [("B02", 1), ("B02", 2), ("C04", 1), ("C04", 2)]
+    result = ingest(path, tmp_path / "z.h5sc", channels="1=nucleus,2=death,3=mito,4=lyso",
+                    **SETTINGS)
+    assert result.n_cells == n_true
+    assert set(read_h5sc(tmp_path / "z.h5sc").obs["plate"]) == {"p7"}

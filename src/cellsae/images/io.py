@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CorruptImageError", "FilenamePattern", "ImageReadError", "MissingImageError",
-    "PATTERN_PRESETS", "PlateSource", "ShapeMismatchError", "discover_plates",
+    "OmeZarrPlate", "PATTERN_PRESETS", "PlateSource", "open_plate", "ShapeMismatchError", "discover_plates",
     "parse_channel_map", "read_image", "read_ome_zarr", "read_platemap", "well_name",
 ]
 
@@ -348,6 +348,11 @@ class PlateSource:
                 f"fields={len(self.fields())})")
 
     @property
+    def per_plane(self) -> bool:
+        """True when each file holds one plane of one channel."""
+        return self.pattern.per_plane
+
+    @property
     def channels(self) -> list:
         if not self.pattern.per_plane or not len(self.files):
             return []
@@ -441,25 +446,122 @@ class PlateSource:
                f"channel {channel}, plane {plane}>"
 
 
+class OmeZarrPlate:
+    """Lazy access to an OME-NGFF (OME-Zarr) high-content plate: ``plate.zarr/<row>/<col>/
+    <field>`` image groups described by the ``plate`` and ``well`` metadata.
+
+    Same interface as :class:`PlateSource` (``fields()``, ``read_field()``); channels
+    are addressed by index into the image's channel axis.
+    """
+
+    per_plane = False
+    channels: list = []
+
+    def __init__(self, path: str | Path, *, name: str | None = None):
+        import zarr
+
+        self.folder = Path(path)
+        self.name = name or self.folder.name.removesuffix(".zarr")
+        try:
+            self._group = zarr.open_group(str(self.folder), mode="r")
+            attrs = dict(self._group.attrs)
+            plate = attrs.get("ome", attrs)["plate"]
+        except Exception as err:  # noqa: BLE001 - zarr raises many types for bad stores
+            raise CorruptImageError(f"'{self.folder}' is not an OME-Zarr plate (no readable "
+                                    f"'plate' metadata: {err})", self.folder) from None
+        self._fields: dict[tuple[str, int], str] = {}
+        for well in plate.get("wells", []):
+            wpath = well["path"]
+            row_name, col_name = wpath.split("/")[-2:]
+            well_id = _normalise_well(f"{row_name}{col_name}")
+            try:
+                wattrs = dict(self._group[wpath].attrs)
+                images = wattrs.get("ome", wattrs)["well"]["images"]
+            except (KeyError, TypeError) as err:
+                raise CorruptImageError(f"'{self.folder}/{wpath}': missing 'well' metadata "
+                                        f"({err})", self.folder) from None
+            for i, image in enumerate(images, start=1):
+                self._fields[(well_id, i)] = f"{wpath}/{image['path']}"
+
+    def __repr__(self) -> str:
+        return f"OmeZarrPlate({str(self.folder)!r}, fields={len(self._fields)})"
+
+    @property
+    def files(self) -> pd.DataFrame:
+        return pd.DataFrame([{"well": w, "field": f, "path": p}
+                             for (w, f), p in self._fields.items()])
+
+    def fields(self) -> list[tuple[str, int]]:
+        return sorted(self._fields, key=lambda k: (*parse_well(k[0]), k[1]))
+
+    def read_field(self, well: str, field: int, channels: Sequence | None = None) -> np.ndarray:
+        key = (_normalise_well(well), int(field))
+        if key not in self._fields:
+            raise MissingImageError(f"OME-Zarr plate '{self.folder}' has no field {field} in "
+                                    f"well {key[0]}", self.folder)
+        path = self.folder / self._fields[key]
+        array, axes = read_ome_zarr(path)
+        stack = to_czyx(array, axes, path=path)
+        if channels is not None:
+            idx = [int(c) for c in channels]
+            if max(idx, default=-1) >= stack.shape[0] or min(idx, default=0) < 0:
+                raise MissingImageError(f"'{path}' has {stack.shape[0]} channels; asked for "
+                                        f"channel indices {idx}", path)
+            stack = stack[idx]
+        return stack
+
+
+def _is_ome_zarr_plate(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    for meta in (".zattrs", "zarr.json"):
+        f = path / meta
+        if f.exists():
+            try:
+                text = f.read_text(encoding="utf-8")
+            except OSError:
+                return False
+            return '"plate"' in text
+    return False
+
+
+def open_plate(folder: str | Path, *, pattern: str | FilenamePattern = "phenix",
+               name: str | None = None) -> PlateSource | OmeZarrPlate:
+    """An OME-Zarr plate when ``folder`` is one, else a :class:`PlateSource`."""
+    folder = Path(folder)
+    if _is_ome_zarr_plate(folder):
+        return OmeZarrPlate(folder, name=name)
+    return PlateSource(folder, pattern=pattern, name=name)
+
+
 def discover_plates(root: str | Path, *, pattern: str | FilenamePattern = "phenix"
-                    ) -> list[PlateSource]:
-    """Plates under ``root``: ``root`` itself if its own files match ``pattern``, else each
-    sub-folder with matching files (one plate per folder, named after it)."""
+                    ) -> list[PlateSource | OmeZarrPlate]:
+    """Plates under ``root``: ``root`` itself if it is an OME-Zarr plate or its own files
+    match ``pattern``; else each OME-Zarr plate or sub-folder with matching files (one
+    plate per folder, named after it)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"plate folder not found: '{root}'")
+    if _is_ome_zarr_plate(root):
+        return [OmeZarrPlate(root)]
     pattern = FilenamePattern.from_spec(pattern)
     direct = [p for p in root.iterdir() if p.is_file() or p.name.lower().endswith(".zarr")]
     if any(pattern.match(p.name) for p in direct):
         return [PlateSource(root, pattern=pattern)]
-    plates = [PlateSource(sub, pattern=pattern) for sub in sorted(root.iterdir())
-              if sub.is_dir() and not sub.name.startswith(".")
-              and not sub.name.lower().endswith(".zarr")]
-    plates = [p for p in plates if len(p.files)]
+    plates: list = []
+    for sub in sorted(root.iterdir()):
+        if not sub.is_dir() or sub.name.startswith("."):
+            continue
+        if _is_ome_zarr_plate(sub):
+            plates.append(OmeZarrPlate(sub))
+        elif not sub.name.lower().endswith(".zarr"):
+            source = PlateSource(sub, pattern=pattern)
+            if len(source.files):
+                plates.append(source)
     if not plates:
         raise FileNotFoundError(
             f"no image files matching the '{pattern.name}' file-name pattern under '{root}' "
-            f"(regex {pattern.regex!r}); pass --pattern with a preset "
+            f"(regex {pattern.regex!r}) and no OME-Zarr plate; pass --pattern with a preset "
             f"({', '.join(sorted(PATTERN_PRESETS))}) or a template like "
             "'r{row}c{col}f{field}p{plane}-ch{channel}sk1fk1fl1.tiff'")
     return plates

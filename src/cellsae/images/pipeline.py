@@ -27,7 +27,14 @@ from pydantic import Field
 
 from .._utils import atomic_path, atomic_write_text, progress
 from ..config import StrictModel, validate_config
-from .io import ImageReadError, PlateSource, discover_plates, parse_channel_map, read_platemap
+from .io import (
+    ImageReadError,
+    PlateSource,
+    discover_plates,
+    open_plate,
+    parse_channel_map,
+    read_platemap,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +130,7 @@ def process_field(task: dict) -> dict:
               "status": "ok", "reason": "", "n_cells": 0}
     names: list[str] = task["channel_names"]
     try:
-        source = PlateSource(task["folder"], pattern=cfg.pattern, name=task["plate"])
+        source = open_plate(task["folder"], pattern=cfg.pattern, name=task["plate"])
         stack = source.read_field(task["well"], task["field"], task["channel_ids"])
         raw_dtype = stack.dtype
         projected = project(stack, cfg.projection)
@@ -284,8 +291,8 @@ def ingest(plate_dir: str | Path, out: str | Path, *, platemap: str | Path | pd.
     # output is written.
     per_plate = []
     for plate in plates:
-        available = plate.channels if plate.pattern.per_plane else None
-        if plate.pattern.per_plane:
+        available = plate.channels if plate.per_plane else None
+        if plate.per_plane:
             cmap = parse_channel_map(cfg.channels, available)
             ids = list(cmap)
         else:

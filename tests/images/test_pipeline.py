@@ -218,3 +218,14 @@ def test_ome_zarr_hcs_plate(tmp_path):
                     **SETTINGS)
     assert result.n_cells == n_true
     assert set(read_h5sc(tmp_path / "z.h5sc").obs["plate"]) == {"p7"}
+
+
+def test_field_with_other_shape_than_plate_is_skipped(toy_plate, tmp_path):
+    folder = toy_plate["plate_dir"]
+    for path in folder.glob("r02c03f02*.tiff"):
+        tifffile.imwrite(path, tifffile.imread(path)[:64, :64])
+    result = ingest(folder, tmp_path / "cells.h5sc", calibration_fields=2, crop_size=24,
+                    n_workers=0, seed=3)
+    row = result.qc.set_index(["well", "field"]).loc[("B03", 2)]
+    assert row["status"] == "skipped"
+    assert "r02c03f02" in row["reason"] and "differs from the plate" in row["reason"]

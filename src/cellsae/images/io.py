@@ -343,6 +343,21 @@ class PlateSource:
                                  f"{first.plane}; the file-name pattern must tell them apart")
         self.n_unmatched = unmatched
 
+    @classmethod
+    def from_table(cls, folder: str | Path, files: pd.DataFrame, *,
+                   pattern: str | FilenamePattern = "phenix", name: str | None = None,
+                   planes: Sequence[int] | None = None) -> PlateSource:
+        """A source over an already indexed file table (no folder scan), e.g. the rows of
+        one field handed to a worker process; ``planes`` are the plate's z-planes."""
+        self = cls.__new__(cls)
+        self.folder = Path(folder)
+        self.pattern = FilenamePattern.from_spec(pattern)
+        self.name = name or self.folder.name
+        self.files = files.reset_index(drop=True)
+        self.n_unmatched = 0
+        self._planes = None if planes is None else sorted(int(p) for p in planes)
+        return self
+
     def __repr__(self) -> str:
         return (f"PlateSource({str(self.folder)!r}, pattern={self.pattern.name!r}, "
                 f"fields={len(self.fields())})")
@@ -360,6 +375,8 @@ class PlateSource:
 
     @property
     def planes(self) -> list[int]:
+        if getattr(self, "_planes", None) is not None:
+            return self._planes
         if not self.pattern.per_plane or not len(self.files):
             return []
         return sorted(int(p) for p in self.files["plane"].unique())

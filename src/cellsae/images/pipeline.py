@@ -130,7 +130,12 @@ def process_field(task: dict) -> dict:
               "status": "ok", "reason": "", "n_cells": 0}
     names: list[str] = task["channel_names"]
     try:
-        source = open_plate(task["folder"], pattern=cfg.pattern, name=task["plate"])
+        if task.get("files") is not None:  # the field's own rows: no folder re-scan
+            source = PlateSource.from_table(task["folder"], pd.DataFrame(task["files"]),
+                                            pattern=cfg.pattern, name=task["plate"],
+                                            planes=task.get("planes"))
+        else:
+            source = open_plate(task["folder"], pattern=cfg.pattern, name=task["plate"])
         stack = source.read_field(task["well"], task["field"], task["channel_ids"])
         raw_dtype = stack.dtype
         projected = project(stack, cfg.projection)
@@ -139,7 +144,10 @@ def process_field(task: dict) -> dict:
         corrected, normalised = correct_field(projected, calibration,
                                               background_percentile=cfg.background_percentile)
     except (ImageReadError, ValueError) as err:
-        record.update(status="skipped", reason=str(err))
+        reason = str(err)
+        if not isinstance(err, ImageReadError) and task.get("files"):
+            reason = f"'{task['files'][0]['path']}' (and the rest of this field): {reason}"
+        record.update(status="skipped", reason=reason)
         logger.warning("skipping %s %s field %s: %s", task["plate"], task["well"],
                        task["field"], err)
         return record
@@ -354,6 +362,8 @@ def ingest(plate_dir: str | Path, out: str | Path, *, platemap: str | Path | pd.
             mapped = [f for f in fields if f[0] not in unmapped] or fields
             typical_area, _ = _calibrate(plate, mapped, ids, names, cfg, cal_path)
             atomic_write_text(area_path, json.dumps({"typical_area": typical_area}))
+        field_rows = plate.files.groupby(["well", "field"]).indices \
+            if isinstance(plate, PlateSource) else None
         for well, field in fields:
             if well in unmapped:
                 records.append({"plate": plate.name, "well": well, "field": field,
@@ -369,7 +379,12 @@ def ingest(plate_dir: str | Path, out: str | Path, *, platemap: str | Path | pd.
                 except (OSError, ValueError, KeyError):
                     logger.warning("part file '%s' is unreadable; redoing that field", part)
                     part.unlink()
+            files = planes = None
+            if field_rows is not None:
+                files = plate.files.iloc[field_rows[(well, field)]].to_dict("records")
+                planes = plate.planes
             tasks.append({"folder": str(plate.folder), "plate": plate.name, "well": well,
+                          "files": files, "planes": planes,
                           "field": field, "channel_ids": ids, "channel_names": names,
                           "calibration": str(cal_path), "config": cfg.model_dump(),
                           "typical_area": typical_area, "part": str(part)})

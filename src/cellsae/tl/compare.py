@@ -70,26 +70,63 @@ def _drop_constant(x):
     return x[:, keep]
 
 
+def _bootstrap_mean(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return values[idx].mean(axis=1)
+
+
 def _metrics_once(x, y, strata, groups, factors, *, k, n_components, n_permutations,
-                  max_cells_trust, which, rng) -> dict[str, float]:
+                  max_cells_trust, which, rng, boot_idx) -> tuple[dict, dict]:
+    """Metric values on all cells, and bootstrap replicates where they are cheap.
+
+    The bootstrap resamples cells with the representation's kNN graph and out-of-fold
+    predictions held fixed (per-cell contributions are resampled), so it measures the
+    sampling variability of the cells, not that of re-fitting the graph or the model.
+    """
     out: dict[str, float] = {}
+    boot: dict[str, np.ndarray] = {}
     n = x.shape[0]
     if "knn_sd_ratio" in which:
-        out["knn_sd_ratio"] = geometry.knn_sd_ratio(x, y, k=k, strata=strata).ratio
+        res = geometry.knn_sd_ratio(x, y, k=k, strata=strata)
+        out["knn_sd_ratio"] = res.ratio
+        if boot_idx is not None:
+            boot["knn_sd_ratio"] = _bootstrap_mean(res.per_cell_ratio, boot_idx)
     if "morans_i" in which:
+        parts = ([np.arange(n)] if strata is None else
+                 [np.flatnonzero(strata == s) for s in np.unique(strata)])
         values, weights, pvals = [], [], []
-        for idx in ([np.arange(n)] if strata is None else
-                    [np.flatnonzero(strata == s) for s in np.unique(strata)]):
-            res = geometry.morans_i(x[idx], y[idx], k=k, n_permutations=n_permutations, seed=rng)
+        num = np.zeros(n)
+        den = np.zeros(n)
+        for idx in parts:
+            nb = geometry.knn_indices(x[idx], k)
+            res = geometry.morans_i(None, y[idx], neighbors=nb, n_permutations=n_permutations,
+                                    seed=rng)
             values.append(res.i)
             weights.append(len(idx))
             pvals.append(res.p_value)
+            z = y[idx] - y[idx].mean()
+            # I = mean_i(z_i * mean_j z_j) / mean_i(z_i^2): resample the two per-cell terms
+            num[idx] = z * z[nb].mean(axis=1) / len(idx)
+            den[idx] = z**2 / len(idx)
         out["morans_i"] = float(np.average(values, weights=weights))
         if n_permutations:
             out["morans_p"] = float(np.max(pvals))  # the weakest stratum
+        if boot_idx is not None:
+            if strata is None:
+                boot["morans_i"] = num[boot_idx].sum(1) / den[boot_idx].sum(1)
+            else:  # per stratum ratio, then the cell-weighted average
+                acc = np.zeros(boot_idx.shape[0])
+                for idx in parts:
+                    sel = np.isin(boot_idx, idx)
+                    acc += (np.where(sel, num[boot_idx], 0).sum(1)
+                            / np.where(sel, den[boot_idx], 0).sum(1)) * len(idx) / n
+                boot["morans_i"] = acc
     if "phenotype_r2" in which:
-        out["phenotype_r2"] = geometry.phenotype_r2(
-            x, y, groups=groups, n_components=n_components, seed=rng).r2
+        res = geometry.phenotype_r2(x, y, groups=groups, n_components=n_components, seed=rng)
+        out["phenotype_r2"] = res.r2
+        if boot_idx is not None:
+            yb, pb = y[boot_idx], res.predictions[boot_idx]
+            boot["phenotype_r2"] = 1 - ((yb - pb) ** 2).sum(1) / (
+                (yb - yb.mean(1, keepdims=True)) ** 2).sum(1)
     if "effective_rank" in which:
         out["effective_rank"] = geometry.effective_rank(x)
     if factors is not None:
@@ -103,15 +140,15 @@ def _metrics_once(x, y, strata, groups, factors, *, k, n_components, n_permutati
             match = truth.match_factors(x, factors)
             out["factor_mcc"] = match.mcc
             out["n_factors_recovered"] = float(match.n_recovered)
-    return out
+    return out, boot
 
 
 def compare_representations(adata, reps: Sequence[str] | Mapping[str, Sequence[str]] = (
         "X_cnn", "X_sae", "X_measure"), phenotype: str = "dead", *, k: int = 5,
         strata_key: str | None = None, groups_key: str | None = None,
         factors_key: str | None = None, metrics: Sequence[str] | None = None,
-        n_resamples: int = 10, subsample: float = 0.8, ci: float = 0.95,
-        n_permutations: int = 199, n_components: int | None = 250, max_cells_trust: int = 2000,
+        n_bootstrap: int = 1000, ci: float = 0.95, n_permutations: int = 199,
+        n_components: int | None = 250, max_cells_trust: int = 2000,
         seed: SeedLike = 0, key_added: str | None = "compare_representations") -> pd.DataFrame:
     """Geometric fidelity of several representations of the same cells, with CIs.
 
@@ -120,8 +157,8 @@ def compare_representations(adata, reps: Sequence[str] | Mapping[str, Sequence[s
     adata : AnnData
     reps : sequence of obsm keys, or mapping name → list of obsm keys
         With a mapping, each name may list one key per training seed (e.g.
-        ``{"CNN": ["X_cnn_s0", "X_cnn_s1"], "SAE": ["X_sae_s0", "X_sae_s1"]}``) and the
-        interval covers the seeds. ``"X"`` means ``adata.X``.
+        ``{"CNN": ["X_cnn_s0", "X_cnn_s1"], "SAE": ["X_sae_s0", "X_sae_s1"]}``).
+        ``"X"`` means ``adata.X``.
     phenotype : str
         Numeric or boolean obs column (``"dead"``, a death rate).
     k : int
@@ -136,14 +173,16 @@ def compare_representations(adata, reps: Sequence[str] | Mapping[str, Sequence[s
         continuity (k = 10, on at most ``max_cells_trust`` cells) and factor recovery.
     metrics : sequence of str, optional
         Subset of :data:`METRICS`; default all that apply.
-    n_resamples : int
-        Random subsamples of ``subsample`` × n_cells cells (without replacement, the same
-        subsamples for every representation) for the interval; 0 uses seeds only.
+    n_bootstrap : int
+        Cell bootstrap replicates for the kNN SD ratio, Moran's I and R² (the graph and
+        the out-of-fold predictions are held fixed; per-cell terms are resampled).
     ci : float
-        Interval level: percentiles over all (seed × subsample) draws; with no subsamples
-        and ≥ 2 seeds, a t-interval over seeds.
+        Interval level. With ≥ 2 seeds for a name, a t-interval over seeds (training
+        variability, usually the larger one); otherwise the bootstrap percentile
+        interval; NaN where neither applies (effective rank, trustworthiness, MCC with
+        one seed).
     n_permutations : int
-        Moran's I permutation test, on the full data only.
+        Moran's I permutation test (``morans_p``, the largest p over strata).
     n_components : int or None
         PCA dimension inside the R² regression (the paper's 250).
     seed : int or Generator
@@ -152,9 +191,10 @@ def compare_representations(adata, reps: Sequence[str] | Mapping[str, Sequence[s
 
     Returns
     -------
-    DataFrame indexed by representation name with, for each metric ``m``: ``m`` (the value
-    on all cells, averaged over seeds), ``m_ci_low``, ``m_ci_high``; plus ``morans_p``,
-    ``n_cells``, ``n_dims``. ``table.attrs["draws"]`` holds every draw (long format).
+    DataFrame indexed by representation name with, for each metric ``m``: ``m`` (on all
+    cells, averaged over seeds), ``m_ci_low``, ``m_ci_high``; plus ``morans_p``,
+    ``n_cells``, ``n_dims`` (dimensions with any variance), ``n_seeds``.
+    ``table.attrs["values"]`` holds the per-seed values (long format).
     """
     rep_keys = _resolve_reps(adata, reps)
     y_all = obs_values(adata, phenotype)
@@ -165,77 +205,69 @@ def compare_representations(adata, reps: Sequence[str] | Mapping[str, Sequence[s
     unknown = which - set(METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {METRICS}")
-    if not 0 < subsample <= 1:
-        raise ValueError(f"subsample must be in (0, 1], got {subsample}")
-    strata_all = (obs_values(adata, strata_key, numeric=False).astype(str)
-                  if strata_key is not None else None)
-    groups_all = (obs_values(adata, groups_key, numeric=False).astype(str)
-                  if groups_key is not None else None)
-    factors_all = None
+    if n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
+    sel = np.flatnonzero(ok)
+    y = y_all[sel]
+    strata = (obs_values(adata, strata_key, numeric=False).astype(str)[sel]
+              if strata_key is not None else None)
+    groups = (obs_values(adata, groups_key, numeric=False).astype(str)[sel]
+              if groups_key is not None else None)
+    factors = None
     if factors_key is not None:
         if factors_key not in adata.obsm:
             raise KeyError(f"factors {factors_key!r} not found in adata.obsm; available: "
                            f"{_available_reps(adata)}")
-        factors_all = np.asarray(adata.obsm[factors_key], dtype=np.float64)
+        factors = np.asarray(adata.obsm[factors_key], dtype=np.float64)[sel]
     rng = as_rng(seed)
-    idx_all = np.flatnonzero(ok)
-    n = len(idx_all)
-    draws_idx = [("all", idx_all)] + [
-        (f"subsample_{b}", np.sort(rng.choice(idx_all, int(round(subsample * n)), replace=False)))
-        for b in range(n_resamples)]
-    rows = []
-    dims = {}
-    for name, keys in rep_keys.items():
-        for key in keys:
-            x_full = _drop_constant(_matrix(adata, key))
-            dims[name] = x_full.shape[1]
-            for draw, idx in draws_idx:
-                logger.debug("compare: %s (%s) %s", name, key, draw)
-                vals = _metrics_once(
-                    x_full[idx], y_all[idx],
-                    strata_all[idx] if strata_all is not None else None,
-                    groups_all[idx] if groups_all is not None else None,
-                    factors_all[idx] if factors_all is not None else None,
-                    k=k, n_components=n_components,
-                    n_permutations=n_permutations if draw == "all" else 0,
-                    max_cells_trust=max_cells_trust, which=which,
-                    rng=np.random.default_rng(rng.integers(0, 2**63 - 1)))
-                for metric, value in vals.items():
-                    rows.append({"rep": name, "key": key, "draw": draw, "metric": metric,
-                                 "value": value})
-    draws = pd.DataFrame(rows)
+    n = len(sel)
+    boot_idx = rng.integers(0, n, size=(n_bootstrap, n)) if n_bootstrap else None
     lo_q, hi_q = (1 - ci) / 2, 1 - (1 - ci) / 2
-    table = {}
-    for name in rep_keys:
-        sub = draws[draws.rep == name]
-        entry: dict[str, float] = {"n_cells": n, "n_dims": dims[name]}
-        for metric in sub.metric.unique():
-            m = sub[sub.metric == metric]
-            full = m[m.draw == "all"]["value"].to_numpy()
-            entry[metric] = float(full.mean())
+    rows, table = [], {}
+    for name, keys in rep_keys.items():
+        per_seed: dict[str, list[float]] = {}
+        boots: dict[str, np.ndarray] = {}
+        n_dims = []
+        for key in keys:
+            x = _drop_constant(_matrix(adata, key)[sel])
+            n_dims.append(x.shape[1])
+            vals, boot = _metrics_once(
+                x, y, strata, groups, factors, k=k, n_components=n_components,
+                n_permutations=n_permutations, max_cells_trust=max_cells_trust, which=which,
+                rng=np.random.default_rng(rng.integers(0, 2**63 - 1)), boot_idx=boot_idx)
+            for metric, value in vals.items():
+                per_seed.setdefault(metric, []).append(value)
+                rows.append({"rep": name, "key": key, "metric": metric, "value": value})
+            if len(keys) == 1:
+                boots = boot
+        entry: dict[str, float] = {"n_cells": n, "n_dims": int(np.mean(n_dims)),
+                                   "n_seeds": len(keys)}
+        for metric, values in per_seed.items():
+            v = np.asarray(values, dtype=np.float64)
+            entry[metric] = float(v.mean())
             if metric == "morans_p":
                 continue
-            if n_resamples > 0:
-                vals = m[m.draw != "all"]["value"].to_numpy()
-                entry[f"{metric}_ci_low"], entry[f"{metric}_ci_high"] = (
-                    float(np.quantile(vals, lo_q)), float(np.quantile(vals, hi_q)))
-            elif len(full) >= 2:
-                half = stats.t.ppf(hi_q, len(full) - 1) * full.std(ddof=1) / np.sqrt(len(full))
-                entry[f"{metric}_ci_low"] = float(full.mean() - half)
-                entry[f"{metric}_ci_high"] = float(full.mean() + half)
+            if len(v) >= 2:
+                half = stats.t.ppf(hi_q, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+                low, high = v.mean() - half, v.mean() + half
+            elif metric in boots:
+                b = boots[metric][np.isfinite(boots[metric])]
+                low, high = np.quantile(b, lo_q), np.quantile(b, hi_q)
             else:
-                entry[f"{metric}_ci_low"] = entry[f"{metric}_ci_high"] = float("nan")
+                low = high = float("nan")
+            entry[f"{metric}_ci_low"], entry[f"{metric}_ci_high"] = float(low), float(high)
         table[name] = entry
     out = pd.DataFrame.from_dict(table, orient="index")
     out.index.name = "representation"
-    out.attrs["draws"] = draws
+    values = pd.DataFrame(rows)
+    out.attrs["values"] = values
     if key_added is not None:
         adata.uns[key_added] = {
-            "table": out.reset_index(), "draws": draws,
+            "table": out.reset_index(), "values": values,
             "params": {"reps": {k_: list(v) for k_, v in rep_keys.items()},
                        "phenotype": phenotype, "k": k, "strata_key": strata_key,
                        "groups_key": groups_key, "factors_key": factors_key,
-                       "n_resamples": n_resamples, "subsample": subsample, "ci": ci,
+                       "n_bootstrap": n_bootstrap, "ci": ci,
                        "n_permutations": n_permutations,
                        "n_components": n_components if n_components is not None else -1},
         }

@@ -1,0 +1,274 @@
+"""Geometric fidelity of CNN vs SAE representations on the synthetic neuron world.
+
+Pipeline (everything measured in this process, on the same cells):
+
+1. ``cellsae.datasets.neuron_world`` renders cells with known factors, progression ``t``
+   and death.
+2. A small ResNet (``cellsae.embed.train_encoder``, supervised on genotype, donors held
+   out) sees the mito, lyso and nucleus channels; the death channel is withheld, as in the
+   paper. Its pooled embedding is ``X_cnn``.
+3. A BatchTopK SAE (``cellsae.sae.train``) on ``X_cnn`` gives sparse codes ``X_sae``.
+4. Hand-crafted crop statistics of the same three channels (``cellsae.embed.crop_statistics``)
+   are ``X_measure``.
+5. ``cellsae.tl.compare_representations`` (k = 5, phenotype = the 0/1 death call), factor
+   recovery (MCC), differential features SNCA vs healthy, and DPT on the SAE latents
+   against the true progression ``t``.
+
+``--scale`` instead times neighbours + Leiden + PAGA + DPT on 100k cells × 8,192 sparse
+latents (synthetic codes, L0 ≈ 32) and reports peak memory.
+
+Usage::
+
+    python benchmarks/geometry.py --quick            # < 60 s on 2 cores
+    python benchmarks/geometry.py --out geometry.json
+    python benchmarks/geometry.py --scale --out scale.json
+
+The last line printed is one JSON object of flat figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def _run_world(args) -> dict:
+    import numpy as np
+    import torch
+    from scipy import sparse
+    from scipy.stats import spearmanr
+
+    import cellsae.sae as sae_mod
+    from cellsae.datasets import neuron_world
+    from cellsae.embed import crop_statistics, train_encoder
+    from cellsae.metrics import match_factors
+    from cellsae.tl import (
+        cluster_latents,
+        compare_representations,
+        count_significant,
+        differential_features,
+        latents_anndata,
+        pca_latents,
+        pseudotime,
+    )
+
+    figures: dict = {}
+    t_start = time.perf_counter()
+    world = neuron_world(args.n_cells, seed=args.seed, crop_size=args.crop_size)
+    cells = world.cells
+    crops = np.asarray(cells.obsm["single_cell_images"][:, :3], dtype=np.float32)
+    figures["n_cells"] = int(cells.n_obs)
+    figures["seconds_world"] = time.perf_counter() - t_start
+
+    t0 = time.perf_counter()
+    result = train_encoder(
+        crops, cells.obs["genotype"].astype(str).to_numpy(),
+        donors=cells.obs["donor"].astype(str).to_numpy(),
+        config={"epochs": args.epochs, "batch_size": 64, "patience": None},
+        device=args.device, seed=args.seed)
+    model = result.model.eval()
+    with torch.no_grad():
+        x_cnn = np.concatenate([model(torch.from_numpy(crops[i:i + 256])).float().numpy()
+                                for i in range(0, len(crops), 256)])
+    cells.obsm["X_cnn"] = x_cnn
+    figures["cnn_val_acc"] = float(result.best_val_acc)
+    figures["seconds_cnn"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    sae = sae_mod.train(x_cnn, arch="batchtopk", d_sae=args.d_sae, k=args.k, seed=args.seed,
+                        device=args.device, progress=False)
+    codes = sparse.csr_matrix(sae.encode(x_cnn))
+    cells.obsm["X_sae"] = codes
+    figures["sae_l0"] = float(codes.getnnz(axis=1).mean())
+    figures["sae_alive"] = int((codes.getnnz(axis=0) > 0).sum())
+    figures["seconds_sae"] = time.perf_counter() - t0
+
+    meas, _ = crop_statistics(crops)
+    meas = np.asarray(meas, dtype=np.float64)
+    meas = meas[:, meas.std(0) > 0]
+    cells.obsm["X_measure"] = (meas - meas.mean(0)) / meas.std(0)
+
+    # the comparison table
+    t0 = time.perf_counter()
+    table = compare_representations(
+        cells, ["X_cnn", "X_sae", "X_measure"], "dead", k=5, groups_key="donor",
+        factors_key="factors", n_bootstrap=args.n_bootstrap, n_permutations=args.n_permutations,
+        n_components=250, max_cells_trust=1500, seed=args.seed)
+    figures["seconds_compare"] = time.perf_counter() - t0
+    short = {"X_cnn": "cnn", "X_sae": "sae", "X_measure": "measure"}
+    for rep, name in short.items():
+        row = table.loc[rep]
+        figures[f"knn_sd_ratio_{name}"] = float(row["knn_sd_ratio"])
+        figures[f"knn_sd_ratio_{name}_ci_low"] = float(row["knn_sd_ratio_ci_low"])
+        figures[f"knn_sd_ratio_{name}_ci_high"] = float(row["knn_sd_ratio_ci_high"])
+        figures[f"morans_i_{name}"] = float(row["morans_i"])
+        figures[f"morans_i_{name}_ci_low"] = float(row["morans_i_ci_low"])
+        figures[f"morans_i_{name}_ci_high"] = float(row["morans_i_ci_high"])
+        figures[f"morans_p_{name}"] = float(row["morans_p"])
+        figures[f"death_r2_{name}"] = float(row["phenotype_r2"])
+        figures[f"death_r2_{name}_ci_low"] = float(row["phenotype_r2_ci_low"])
+        figures[f"death_r2_{name}_ci_high"] = float(row["phenotype_r2_ci_high"])
+        figures[f"effective_rank_{name}"] = float(row["effective_rank"])
+        figures[f"trustworthiness_{name}"] = float(row["trustworthiness"])
+        figures[f"continuity_{name}"] = float(row["continuity"])
+        figures[f"factor_mcc_{name}"] = float(row["factor_mcc"])
+        figures[f"factors_recovered_{name}"] = int(row["n_factors_recovered"])
+        figures[f"n_dims_{name}"] = int(row["n_dims"])
+    # factor recovery with a latent per factor (Pearson as a second view)
+    factors = np.asarray(cells.obsm["factors"])
+    figures["factor_mcc_pearson_cnn"] = match_factors(x_cnn, factors, method="pearson").mcc
+    figures["factor_mcc_pearson_sae"] = match_factors(codes, factors, method="pearson").mcc
+
+    # differential features, SNCA vs healthy, cells as replicates (as the paper) and donors
+    lat = latents_anndata(cells, use_rep="X_sae")
+    for method in ("wilcoxon", "pseudobulk"):
+        kw = {"donor_key": "donor"} if method == "pseudobulk" else {}
+        t_sae = differential_features(lat, "genotype", groups=["SNCA"], reference="healthy",
+                                      method=method, **kw)
+        t_cnn = differential_features(cells, "genotype", groups=["SNCA"], reference="healthy",
+                                      method=method, use_rep="X_cnn", **kw)
+        suffix = "" if method == "wilcoxon" else "_pseudobulk"
+        figures[f"de_features_cnn{suffix}"] = int(count_significant(t_cnn))
+        figures[f"de_features_sae{suffix}"] = int(count_significant(t_sae))
+        figures[f"de_fraction_cnn{suffix}"] = figures[f"de_features_cnn{suffix}"] / x_cnn.shape[1]
+        figures[f"de_fraction_sae{suffix}"] = figures[f"de_features_sae{suffix}"] / lat.n_vars
+
+    # DPT on SAE latents (and on the CNN embedding) against the true progression
+    t0 = time.perf_counter()
+    pca_latents(lat, n_comps=min(30, lat.n_vars - 1), seed=args.seed)
+    cluster_latents(lat, n_neighbors=15, resolution=0.45, umap=False, seed=args.seed)
+    pseudotime(lat, root_group={"genotype": "healthy"}, live_key="dead")
+    true_t = cells.obs["t"].to_numpy()
+    dead = cells.obs["dead"].to_numpy().astype(float)
+    figures["dpt_t_spearman"] = float(spearmanr(lat.obs["dpt_pseudotime"], true_t)[0])
+    figures["dpt_dead_spearman_sae"] = float(spearmanr(lat.obs["dpt_pseudotime"], dead)[0])
+    figures["n_leiden_sae"] = int(lat.obs["leiden"].nunique())
+    cnn = cells.copy()
+    del cnn.obsm["X_sae"]
+    cluster_latents(cnn, use_rep="X_cnn", n_neighbors=15, resolution=0.45, umap=False,
+                    seed=args.seed)
+    pseudotime(cnn, root_group={"genotype": "healthy"}, live_key="dead")
+    figures["dpt_t_spearman_cnn"] = float(spearmanr(cnn.obs["dpt_pseudotime"], true_t)[0])
+    figures["seconds_dpt"] = time.perf_counter() - t0
+    figures["seconds_total"] = time.perf_counter() - t_start
+    figures["peak_rss_gib"] = _peak_rss_gib()
+    return figures
+
+
+def _synthetic_codes(n_cells: int, n_latents: int, l0: int, seed: int):
+    """Sparse codes with structure: cells on a branching progression, latents tile it."""
+    import numpy as np
+    from scipy import sparse
+
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(0, 1, n_cells)
+    branch = rng.integers(0, 2, n_cells)
+    pos = np.c_[t, np.where(branch == 1, t, -t) * (t > 0.4)]
+    centres = rng.uniform([0, -1], [1, 1], size=(n_latents, 2))
+    from sklearn.neighbors import NearestNeighbors
+
+    nn = NearestNeighbors(n_neighbors=l0).fit(centres)
+    dist, idx = nn.kneighbors(pos)
+    vals = np.exp(-dist**2 / 0.01) * rng.uniform(0.5, 1.5, dist.shape)
+    rows = np.repeat(np.arange(n_cells), l0)
+    codes = sparse.csr_matrix((vals.ravel().astype(np.float32), (rows, idx.ravel())),
+                              shape=(n_cells, n_latents))
+    obs_t = t
+    dead = (rng.uniform(size=n_cells) < 0.6 * t).astype(int)
+    healthy = rng.uniform(size=n_cells) < 0.25
+    return codes, obs_t, dead, healthy
+
+
+def _run_scale(args) -> dict:
+    import numpy as np
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    from cellsae.tl import cluster_latents, latents_anndata, pca_latents, pseudotime
+
+    figures: dict = {"n_cells": args.scale_cells, "n_latents": args.scale_latents}
+    codes, t, dead, healthy = _synthetic_codes(args.scale_cells, args.scale_latents, 32,
+                                               args.seed)
+    obs = pd.DataFrame({"dead": dead, "genotype": np.where(healthy, "healthy", "mutant")})
+    figures["rss_after_codes_gib"] = _peak_rss_gib()
+    t_all = time.perf_counter()
+    t0 = time.perf_counter()
+    lat = latents_anndata(codes, obs=obs)
+    figures["seconds_anndata"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pca_latents(lat, n_comps=50, seed=args.seed)
+    figures["seconds_pca"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cluster_latents(lat, n_neighbors=15, resolution=1.0, paga=False, umap=False, seed=args.seed)
+    figures["seconds_neighbors_leiden"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    import scanpy as sc
+
+    sc.tl.paga(lat, groups="leiden")
+    figures["seconds_paga"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pseudotime(lat, root_group={"genotype": "healthy"}, live_key="dead")
+    figures["seconds_dpt"] = time.perf_counter() - t0
+    figures["seconds_total"] = time.perf_counter() - t_all
+    figures["n_latents_kept"] = int(lat.n_vars)
+    figures["n_leiden"] = int(lat.obs["leiden"].nunique())
+    figures["dpt_t_spearman_scale"] = float(spearmanr(lat.obs["dpt_pseudotime"], t)[0])
+    figures["peak_rss_gib"] = _peak_rss_gib()
+    return figures
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small world, < 60 s on 2 cores")
+    parser.add_argument("--scale", action="store_true",
+                        help="time neighbours+Leiden+PAGA+DPT on 100k × 8192 sparse latents")
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch/BLAS threads")
+    parser.add_argument("--n-cells", type=int, default=None)
+    parser.add_argument("--scale-cells", type=int, default=100_000)
+    parser.add_argument("--scale-latents", type=int, default=8192)
+    args = parser.parse_args(argv)
+    # before numpy loads: BLAS spin-waiting with more threads than free cores is very slow
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(args.threads))
+    quick = args.quick
+    args.n_cells = args.n_cells or (600 if quick else 3000)
+    args.crop_size = 32
+    args.epochs = 2 if quick else 6
+    args.d_sae = 256 if quick else 1024
+    args.k = 8 if quick else 12
+    args.n_bootstrap = 200 if quick else 1000
+    args.n_permutations = 49 if quick else 199
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    figures = {"mode": "scale" if args.scale else ("quick" if quick else "full")}
+    figures.update(_run_scale(args) if args.scale else _run_world(args))
+    line = json.dumps(figures)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("CELLSAE_NO_PROGRESS", "1")
+    sys.exit(main())

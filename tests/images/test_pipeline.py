@@ -229,3 +229,15 @@ def test_field_with_other_shape_than_plate_is_skipped(toy_plate, tmp_path):
     row = result.qc.set_index(["well", "field"]).loc[("B03", 2)]
     assert row["status"] == "skipped"
     assert "r02c03f02" in row["reason"] and "differs from the plate" in row["reason"]
+
+
+def test_field_missing_a_channel_is_skipped_with_the_expected_file(toy_plate, tmp_path):
+    folder = toy_plate["plate_dir"]
+    for path in folder.glob("r02c02f01p*-ch2sk1fk1fl1.tiff"):
+        path.unlink()
+    result = ingest(folder, tmp_path / "cells.h5sc", **SETTINGS)
+    row = result.qc.set_index(["well", "field"]).loc[("B02", 1)]
+    assert row["status"] == "skipped"
+    assert "channel 2 is missing" in row["reason"]
+    assert "r02c02f01p01-ch2sk1fk1fl1.tiff" in row["reason"]
+    assert result.n_fields_skipped == 1

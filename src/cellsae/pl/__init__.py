@@ -2,3 +2,6 @@
 
 Each module appends its public names below (one import line per module).
 """
+from .crops import composite, crops_gallery
+from .pathways import module_tree
+from .latents import volcano, latent_gallery, comparison_plot

@@ -52,15 +52,24 @@ def segmentation_figures() -> dict:
     pred = segment_nuclei(image)
     out["seg_seconds_stardist_img2d"] = time.perf_counter() - t0
     r = match_instances(truth, pred)
-    out.update(seg_f1_stardist_img2d=r.f1, seg_mean_iou_stardist_img2d=r.mean_matched_iou,
-               seg_precision_stardist_img2d=r.precision, seg_recall_stardist_img2d=r.recall,
-               seg_n_true_stardist_img2d=r.n_true, seg_n_pred_stardist_img2d=r.n_pred)
+    out.update(
+        seg_f1_stardist_img2d=r.f1,
+        seg_mean_iou_stardist_img2d=r.mean_matched_iou,
+        seg_precision_stardist_img2d=r.precision,
+        seg_recall_stardist_img2d=r.recall,
+        seg_n_true_stardist_img2d=r.n_true,
+        seg_n_pred_stardist_img2d=r.n_pred,
+    )
 
     volume = tifffile.imread(folder / "napari_nuclei3d.tif")
     labels = tifffile.imread(folder / "napari_nuclei3d_label.tif")
     r = match_instances(labels.max(0), segment_nuclei(volume.max(0)))
-    out.update(seg_f1_napari_nuclei=r.f1, seg_mean_iou_napari_nuclei=r.mean_matched_iou,
-               seg_n_true_napari_nuclei=r.n_true, seg_n_pred_napari_nuclei=r.n_pred)
+    out.update(
+        seg_f1_napari_nuclei=r.f1,
+        seg_mean_iou_napari_nuclei=r.mean_matched_iou,
+        seg_n_true_napari_nuclei=r.n_true,
+        seg_n_pred_napari_nuclei=r.n_pred,
+    )
     tp = fp = fn = 0
     ious = []
     for z in range(volume.shape[0]):
@@ -71,8 +80,9 @@ def segmentation_figures() -> dict:
         if rz.tp:
             ious.append((rz.mean_matched_iou, rz.tp))
     out["seg_f1_napari_nuclei_per_slice"] = 2 * tp / max(2 * tp + fp + fn, 1)
-    out["seg_mean_iou_napari_nuclei_per_slice"] = (
-        sum(m * n for m, n in ious) / max(sum(n for _, n in ious), 1))
+    out["seg_mean_iou_napari_nuclei_per_slice"] = sum(m * n for m, n in ious) / max(
+        sum(n for _, n in ious), 1
+    )
     return out
 
 
@@ -89,8 +99,7 @@ def synthetic_figures(plates: Path | None, quick: bool, workdir: Path) -> dict:
         try:
             from cellsae.datasets import write_world_plates
         except ImportError:
-            print("synthetic world not available: synthetic figures not measured",
-                  file=sys.stderr)
+            print("synthetic world not available: synthetic figures not measured", file=sys.stderr)
             return {}
         plates = workdir / "plates"
         n_cells, field_size = (60, 256) if quick else (500, 512)
@@ -109,8 +118,9 @@ def synthetic_figures(plates: Path | None, quick: bool, workdir: Path) -> dict:
         return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
     cpu0, t0 = cpu(), time.perf_counter()
-    result = ingest(plates, target, platemap=plates / "platemap.csv", n_workers=2,
-                    crop_size=64, overwrite=True)
+    result = ingest(
+        plates, target, platemap=plates / "platemap.csv", n_workers=2, crop_size=64, overwrite=True
+    )
     seconds = time.perf_counter() - t0
     cpu_seconds = cpu() - cpu0
     adata = read_h5sc(target)
@@ -118,8 +128,11 @@ def synthetic_figures(plates: Path | None, quick: bool, workdir: Path) -> dict:
     tp = fp = fn = 0
     correct = []
     for (plate, well, field), group in truth.groupby(["plate", "well", "field"]):
-        sel = obs[(obs["plate"].astype(str) == str(plate)) & (obs["well"].astype(str) == well)
-                  & (obs["field"] == field)]
+        sel = obs[
+            (obs["plate"].astype(str) == str(plate))
+            & (obs["well"].astype(str) == well)
+            & (obs["field"] == field)
+        ]
         xy_true = group[["x", "y"]].to_numpy(float)
         xy = sel[["x", "y"]].to_numpy(float)
         r = detection_f1(xy_true, xy, max_distance=5.0)
@@ -136,11 +149,16 @@ def synthetic_figures(plates: Path | None, quick: bool, workdir: Path) -> dict:
         death_call_accuracy=float(np.mean(correct)) if correct else float("nan"),
         synthetic_true_death_rate=float(truth["dead"].mean()),
         synthetic_called_death_rate=float(obs["dead"].mean()),
-        synthetic_n_true_cells=int(len(truth)), synthetic_n_cells=int(result.n_cells),
-        synthetic_n_fields=int(n_fields), synthetic_fields_skipped=int(result.n_fields_skipped),
-        ingest_seconds=seconds, fields_per_s=n_fields / seconds,
-        cells_per_s=result.n_cells / seconds, ingest_workers=2,
-        ingest_cpu_seconds=cpu_seconds, cells_per_cpu_s=result.n_cells / max(cpu_seconds, 1e-9),
+        synthetic_n_true_cells=int(len(truth)),
+        synthetic_n_cells=int(result.n_cells),
+        synthetic_n_fields=int(n_fields),
+        synthetic_fields_skipped=int(result.n_fields_skipped),
+        ingest_seconds=seconds,
+        fields_per_s=n_fields / seconds,
+        cells_per_s=result.n_cells / seconds,
+        ingest_workers=2,
+        ingest_cpu_seconds=cpu_seconds,
+        cells_per_cpu_s=result.n_cells / max(cpu_seconds, 1e-9),
     )
     return out
 
@@ -148,8 +166,12 @@ def synthetic_figures(plates: Path | None, quick: bool, workdir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small synthetic plates (<60 s)")
-    parser.add_argument("--plates", type=Path, default=None,
-                        help="existing synthetic plates folder (from `cellsae synth --plates`)")
+    parser.add_argument(
+        "--plates",
+        type=Path,
+        default=None,
+        help="existing synthetic plates folder (from `cellsae synth --plates`)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     os.environ.setdefault("CELLSAE_NO_PROGRESS", "1")

@@ -79,14 +79,19 @@ def test_crop_count_matches_nuclei_for_any_layout():
     from hypothesis import strategies as st
 
     @settings(max_examples=25, deadline=None)
-    @given(st.integers(20, 60), st.integers(20, 60), st.integers(0, 5), st.integers(4, 24),
-           st.integers(0, 10_000))
+    @given(
+        st.integers(20, 60),
+        st.integers(20, 60),
+        st.integers(0, 5),
+        st.integers(4, 24),
+        st.integers(0, 10_000),
+    )
     def check(h, w, n, size, seed):
         rng = np.random.default_rng(seed)
         nuclei = np.zeros((h, w), np.int32)
         for k in range(1, n + 1):
             y, x = rng.integers(0, h), rng.integers(0, w)
-            nuclei[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2] = k
+            nuclei[max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2] = k
         present = len(np.unique(nuclei)) - 1
         image = rng.random((2, h, w))
         padded = extract_crops(image, nuclei, size=size)

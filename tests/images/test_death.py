@@ -10,8 +10,9 @@ from cellsae.images.death import call_dead, death_rates, death_threshold
 def _intensities(rng, n_alive, n_dead, scale=1.0):
     alive = rng.lognormal(np.log(50), 0.4, n_alive)
     dead = rng.lognormal(np.log(2000), 0.4, n_dead)
-    return np.concatenate([alive, dead]) * scale, np.r_[np.zeros(n_alive, bool),
-                                                         np.ones(n_dead, bool)]
+    return np.concatenate([alive, dead]) * scale, np.r_[
+        np.zeros(n_alive, bool), np.ones(n_dead, bool)
+    ]
 
 
 @pytest.mark.parametrize("method", ["otsu", "gmm"])
@@ -38,9 +39,13 @@ def test_too_few_cells_gives_no_call():
 
 
 def test_death_rates_per_group():
-    obs = pd.DataFrame({"plate": ["a"] * 4 + ["b"] * 2, "well": ["B02", "B02", "B03", "B03",
-                                                               "B02", "B02"],
-                        "dead": [True, False, False, False, True, True]})
+    obs = pd.DataFrame(
+        {
+            "plate": ["a"] * 4 + ["b"] * 2,
+            "well": ["B02", "B02", "B03", "B03", "B02", "B02"],
+            "dead": [True, False, False, False, True, True],
+        }
+    )
     table = death_rates(obs)
     assert list(table["death_rate"]) == [0.5, 0.0, 1.0]
     assert list(table["n_cells"]) == [2, 2, 2]

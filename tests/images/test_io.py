@@ -29,9 +29,14 @@ def test_well_names_round_trip():
         parse_well("3B")
 
 
-@pytest.mark.parametrize("spec", ["phenix", "r{row}c{col}f{field}p{plane}-ch{channel}sk1fk1fl1.tiff",
-                                  "r{row:02d}c{col:02d}f{field:02d}p{plane:02d}-ch{channel}"
-                                  "sk1fk1fl1.tiff"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "phenix",
+        "r{row}c{col}f{field}p{plane}-ch{channel}sk1fk1fl1.tiff",
+        "r{row:02d}c{col:02d}f{field:02d}p{plane:02d}-ch{channel}sk1fk1fl1.tiff",
+    ],
+)
 def test_phenix_names_parse(spec):
     pattern = FilenamePattern.from_spec(spec)
     got = pattern.match("r02c03f04p05-ch2sk1fk1fl1.tiff")
@@ -57,7 +62,11 @@ def test_bad_patterns_are_explained():
 
 def test_channel_map_forms():
     assert parse_channel_map("3=mito,4=lyso,1=nucleus,2=death", [1, 2, 3, 4]) == {
-        3: "mito", 4: "lyso", 1: "nucleus", 2: "death"}
+        3: "mito",
+        4: "lyso",
+        1: "nucleus",
+        2: "death",
+    }
     assert parse_channel_map("nucleus,death", [1, 2, 3]) == {1: "nucleus", 2: "death"}
     assert parse_channel_map(["a", "", "c"], [1, 2, 3]) == {1: "a", 3: "c"}
     with pytest.raises(ValueError, match="not in the files"):
@@ -127,8 +136,9 @@ def test_stack_files_ome_tiff_and_ome_zarr(tmp_path):
     tifffile.imwrite(plate / "B02_f1.ome.tif", data, metadata={"axes": "CZYX"})
     group = zarr.open_group(str(plate / "B02_f2.zarr"), mode="w")
     group.create_array("0", data=data[:, :, ::-1])
-    group.attrs["multiscales"] = [{"axes": [{"name": n} for n in "czyx"],
-                                   "datasets": [{"path": "0"}]}]
+    group.attrs["multiscales"] = [
+        {"axes": [{"name": n} for n in "czyx"], "datasets": [{"path": "0"}]}
+    ]
     source = PlateSource(plate, pattern="stack")
     assert source.fields() == [("B02", 1), ("B02", 2)]
     np.testing.assert_array_equal(source.read_field("B02", 1), data)

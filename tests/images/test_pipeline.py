@@ -20,21 +20,34 @@ def _no_output_left(out):
 
 def test_end_to_end_recovers_positions_and_death(toy_plate, tmp_path):
     out = tmp_path / "out" / "cells.h5sc"
-    result = ingest(toy_plate["plate_dir"].parent, out, platemap=toy_plate["platemap"],
-                    **SETTINGS)
+    result = ingest(toy_plate["plate_dir"].parent, out, platemap=toy_plate["platemap"], **SETTINGS)
     adata = read_h5sc(out)
     truth = pd.read_csv(toy_plate["truth"])
     assert result.n_cells == adata.n_obs == len(truth)
     assert adata.uns["single_cell_images"]["channel_names"].tolist() == [
-        "mito", "lyso", "nucleus", "death", "mask"]
+        "mito",
+        "lyso",
+        "nucleus",
+        "death",
+        "mask",
+    ]
     crops = CropStore(out)[np.arange(adata.n_obs)]
     assert crops.shape == (adata.n_obs, 5, 24, 24) and np.isfinite(crops).all()
     assert set(np.unique(crops[:, -1])) <= {0.0, 1.0}
     names = list(adata.uns["X_measure_names"])
     assert adata.obsm["X_measure"].shape == (adata.n_obs, len(names))
     assert {"nucleus_area", "mito_puncta", "lyso_puncta", "death_nucleus_mean"} <= set(names)
-    assert {"plate", "well", "field", "x", "y", "donor", "genotype", "dead",
-            "touches_border"} <= set(adata.obs.columns)
+    assert {
+        "plate",
+        "well",
+        "field",
+        "x",
+        "y",
+        "donor",
+        "genotype",
+        "dead",
+        "touches_border",
+    } <= set(adata.obs.columns)
     from scipy.spatial import cKDTree
 
     correct = []
@@ -57,8 +70,9 @@ def test_end_to_end_recovers_positions_and_death(toy_plate, tmp_path):
 def test_worker_processes_give_the_same_cells(toy_plate, tmp_path):
     a = ingest(toy_plate["plate_dir"], tmp_path / "a.h5sc", **{**SETTINGS, "n_workers": 2})
     b = ingest(toy_plate["plate_dir"], tmp_path / "b.h5sc", **SETTINGS)
-    np.testing.assert_array_equal(CropStore(tmp_path / "a.h5sc")[:], CropStore(tmp_path /
-                                                                               "b.h5sc")[:])
+    np.testing.assert_array_equal(
+        CropStore(tmp_path / "a.h5sc")[:], CropStore(tmp_path / "b.h5sc")[:]
+    )
     assert a.n_cells == b.n_cells
 
 
@@ -79,8 +93,9 @@ def test_interrupted_run_leaves_no_output_and_resumes(toy_plate, tmp_path, monke
     assert _no_output_left(out)
     assert len(list((tmp_path / "cells.h5sc.parts" / "plate01").glob("*.npz"))) == 3  # +calib
     calls.clear()
-    monkeypatch.setattr(pipeline, "process_field", lambda task: (calls.append(1),
-                                                                 original(task))[1])
+    monkeypatch.setattr(
+        pipeline, "process_field", lambda task: (calls.append(1), original(task))[1]
+    )
     result = ingest(toy_plate["plate_dir"], out, **SETTINGS)
     assert len(calls) == 2 and result.n_fields == 4 and out.exists()
     # different settings must not silently reuse finished fields
@@ -120,8 +135,7 @@ def test_unmapped_wells_skip_or_stop(toy_plate, tmp_path):
     assert skipped["reason"].str.contains("not in the plate map").all()
     out = tmp_path / "b.h5sc"
     with pytest.raises(ValueError, match=r"\['B03'\].*not in the plate map"):
-        ingest(toy_plate["plate_dir"], out, platemap=platemap, unmapped_wells="error",
-               **SETTINGS)
+        ingest(toy_plate["plate_dir"], out, platemap=platemap, unmapped_wells="error", **SETTINGS)
     assert _no_output_left(out) and not (tmp_path / "b.h5sc.parts").exists()
 
 
@@ -160,8 +174,20 @@ def test_cli_ingest(toy_plate, tmp_path):
     from cellsae.cli import app
 
     out = tmp_path / "cli.h5sc"
-    args = ["ingest", str(toy_plate["plate_dir"].parent), "--out", str(out), "--crop-size", "24",
-            "--channels", "1=nucleus,2=death,3=mito,4=lyso", "--workers", "0", "--border", "drop"]
+    args = [
+        "ingest",
+        str(toy_plate["plate_dir"].parent),
+        "--out",
+        str(out),
+        "--crop-size",
+        "24",
+        "--channels",
+        "1=nucleus,2=death,3=mito,4=lyso",
+        "--workers",
+        "0",
+        "--border",
+        "drop",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     adata = read_h5sc(out)
@@ -182,8 +208,13 @@ def test_per_field_ome_tiff_stacks(tmp_path):
         stack, truth = make_toy_field(96, 5, n_planes=2, seed=i)
         n_true += len(truth)
         tifffile.imwrite(plate / f"{well}_f1.ome.tif", stack, metadata={"axes": "CZYX"})
-    result = ingest(plate, tmp_path / "s.h5sc", pattern="stack",
-                    channels="1=nucleus,2=death,3=mito,4=lyso", **SETTINGS)
+    result = ingest(
+        plate,
+        tmp_path / "s.h5sc",
+        pattern="stack",
+        channels="1=nucleus,2=death,3=mito,4=lyso",
+        **SETTINGS,
+    )
     assert result.n_cells == n_true
     assert result.channel_names == ["nucleus", "death", "mito", "lyso", "mask"]
 
@@ -205,8 +236,9 @@ def test_ome_zarr_hcs_plate(tmp_path):
             n_true += len(truth)
             image = well.require_group(str(f))
             image.create_array("0", data=stack)
-            image.attrs["multiscales"] = [{"axes": [{"name": a} for a in "czyx"],
-                                           "datasets": [{"path": "0"}]}]
+            image.attrs["multiscales"] = [
+                {"axes": [{"name": a} for a in "czyx"], "datasets": [{"path": "0"}]}
+            ]
             images.append({"path": str(f)})
         well.attrs["well"] = {"images": images}
         wells.append({"path": f"{row}/{col}"})
@@ -214,8 +246,9 @@ def test_ome_zarr_hcs_plate(tmp_path):
     plates = discover_plates(tmp_path)
     assert len(plates) == 1 and isinstance(plates[0], OmeZarrPlate)
     assert plates[0].fields() == [("B02", 1), ("B02", 2), ("C04", 1), ("C04", 2)]
-    result = ingest(path, tmp_path / "z.h5sc", channels="1=nucleus,2=death,3=mito,4=lyso",
-                    **SETTINGS)
+    result = ingest(
+        path, tmp_path / "z.h5sc", channels="1=nucleus,2=death,3=mito,4=lyso", **SETTINGS
+    )
     assert result.n_cells == n_true
     assert set(read_h5sc(tmp_path / "z.h5sc").obs["plate"]) == {"p7"}
 
@@ -224,8 +257,9 @@ def test_field_with_other_shape_than_plate_is_skipped(toy_plate, tmp_path):
     folder = toy_plate["plate_dir"]
     for path in folder.glob("r02c03f02*.tiff"):
         tifffile.imwrite(path, tifffile.imread(path)[:64, :64])
-    result = ingest(folder, tmp_path / "cells.h5sc", calibration_fields=2, crop_size=24,
-                    n_workers=0, seed=3)
+    result = ingest(
+        folder, tmp_path / "cells.h5sc", calibration_fields=2, crop_size=24, n_workers=0, seed=3
+    )
     row = result.qc.set_index(["well", "field"]).loc[("B03", 2)]
     assert row["status"] == "skipped"
     assert "r02c03f02" in row["reason"] and "differs from the plate" in row["reason"]

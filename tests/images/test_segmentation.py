@@ -80,8 +80,9 @@ def test_custom_backend_and_optional_packages(monkeypatch):
 def test_cells_contain_their_nucleus(rng):
     nuclei = _discs([(20, 20), (20, 50), (55, 35)], 5)
     yy, xx = np.mgrid[:80, :80]
-    cyto = sum(np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 150) for y, x in [(20, 20), (20, 50),
-                                                                            (55, 35)])
+    cyto = sum(
+        np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 150) for y, x in [(20, 20), (20, 50), (55, 35)]
+    )
     cells = segment_cells(nuclei, cyto + rng.normal(0, 0.01, cyto.shape))
     for k in (1, 2, 3):
         assert np.all(cells[nuclei == k] == k)

@@ -19,48 +19,81 @@ _CHANNELS_HELP = (
 
 
 def ingest(
-    plate_dir: Path = typer.Argument(..., help="A plate folder, or a folder of plate folders "
-                                     "(one plate per sub-folder, named after it)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output .h5sc file (written atomically; "
-                             "finished fields are kept in OUT.parts/ until the end)."),
-    platemap: Path = typer.Option(None, "--platemap", "-p",
-                                  help="Plate-map CSV with a 'well' column (B03) and "
-                                  "optionally 'plate', donor, genotype, condition. Default: "
-                                  "PLATE_DIR/platemap.csv when it exists."),
-    channels: str = typer.Option("3=mito,4=lyso,1=nucleus,2=death", "--channels", "-c",
-                                 help=_CHANNELS_HELP),
-    pattern: str = typer.Option("phenix", "--pattern",
-                                help="File-name pattern: a preset (phenix, operetta, "
-                                "metaxpress, cellvoyager, stack), a template such as "
-                                "'r{row}c{col}f{field}p{plane}-ch{channel}sk1fk1fl1.tiff', "
-                                "or a regular expression with named groups."),
-    projection: str = typer.Option("max", "--projection",
-                                   help="z projection: max, mean, sum, median or best_focus."),
+    plate_dir: Path = typer.Argument(
+        ...,
+        help="A plate folder, or a folder of plate folders "
+        "(one plate per sub-folder, named after it).",
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Output .h5sc file (written atomically; "
+        "finished fields are kept in OUT.parts/ until the end).",
+    ),
+    platemap: Path = typer.Option(
+        None,
+        "--platemap",
+        "-p",
+        help="Plate-map CSV with a 'well' column (B03) and "
+        "optionally 'plate', donor, genotype, condition. Default: "
+        "PLATE_DIR/platemap.csv when it exists.",
+    ),
+    channels: str = typer.Option(
+        "3=mito,4=lyso,1=nucleus,2=death", "--channels", "-c", help=_CHANNELS_HELP
+    ),
+    pattern: str = typer.Option(
+        "phenix",
+        "--pattern",
+        help="File-name pattern: a preset (phenix, operetta, "
+        "metaxpress, cellvoyager, stack), a template such as "
+        "'r{row}c{col}f{field}p{plane}-ch{channel}sk1fk1fl1.tiff', "
+        "or a regular expression with named groups.",
+    ),
+    projection: str = typer.Option(
+        "max", "--projection", help="z projection: max, mean, sum, median or best_focus."
+    ),
     crop_size: int = typer.Option(128, "--crop-size", min=8, help="Crop side S in pixels."),
-    border: str = typer.Option("pad", "--border", help="Cells at the field edge: 'pad' "
-                               "(zero-pad and flag in obs.touches_border) or 'drop'."),
-    nucleus_channel: str = typer.Option("nucleus", "--nucleus-channel",
-                                        help="Channel name used to segment nuclei."),
-    cytoplasm_channel: str = typer.Option("mito", "--cytoplasm-channel",
-                                          help="Channel name used to grow cell bodies "
-                                          "('none' for a ring around each nucleus)."),
-    death_channel: str = typer.Option("death", "--death-channel",
-                                      help="Death-dye channel name ('none' to skip calls)."),
-    death_threshold: float = typer.Option(None, "--death-threshold",
-                                          help="Fixed death-dye threshold (corrected "
-                                          "intensity units); default: automatic per plate."),
-    backend: str = typer.Option("classical", "--backend",
-                                help="Nucleus segmentation: classical (built in), cellpose "
-                                "or stardist (need their package installed)."),
-    workers: int = typer.Option(2, "--workers", "-j", min=0,
-                                help="Worker processes (0 or 1: run in this process)."),
-    overwrite: bool = typer.Option(False, "--overwrite",
-                                   help="Replace an existing OUT and stale OUT.parts/."),
-    strict_platemap: bool = typer.Option(False, "--strict-platemap",
-                                         help="Stop when a well with images is absent from "
-                                         "the plate map (default: skip it, recorded in QC)."),
-    seed: int = typer.Option(0, "--seed", min=0,
-                             help="Seed for choosing the calibration fields."),
+    border: str = typer.Option(
+        "pad",
+        "--border",
+        help="Cells at the field edge: 'pad' (zero-pad and flag in obs.touches_border) or 'drop'.",
+    ),
+    nucleus_channel: str = typer.Option(
+        "nucleus", "--nucleus-channel", help="Channel name used to segment nuclei."
+    ),
+    cytoplasm_channel: str = typer.Option(
+        "mito",
+        "--cytoplasm-channel",
+        help="Channel name used to grow cell bodies ('none' for a ring around each nucleus).",
+    ),
+    death_channel: str = typer.Option(
+        "death", "--death-channel", help="Death-dye channel name ('none' to skip calls)."
+    ),
+    death_threshold: float = typer.Option(
+        None,
+        "--death-threshold",
+        help="Fixed death-dye threshold (corrected intensity units); default: automatic per plate.",
+    ),
+    backend: str = typer.Option(
+        "classical",
+        "--backend",
+        help="Nucleus segmentation: classical (built in), cellpose "
+        "or stardist (need their package installed).",
+    ),
+    workers: int = typer.Option(
+        2, "--workers", "-j", min=0, help="Worker processes (0 or 1: run in this process)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing OUT and stale OUT.parts/."
+    ),
+    strict_platemap: bool = typer.Option(
+        False,
+        "--strict-platemap",
+        help="Stop when a well with images is absent from "
+        "the plate map (default: skip it, recorded in QC).",
+    ),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed for choosing the calibration fields."),
 ) -> None:
     """Turn plate images into single-cell crops, measurements and death calls.
 
@@ -84,19 +117,31 @@ def ingest(
     none = {"none", "null", ""}
     try:
         result = run_ingest(
-            plate_dir, out, platemap=platemap, overwrite=overwrite, channels=channels,
-            pattern=pattern, projection=projection, crop_size=crop_size, border=border,
+            plate_dir,
+            out,
+            platemap=platemap,
+            overwrite=overwrite,
+            channels=channels,
+            pattern=pattern,
+            projection=projection,
+            crop_size=crop_size,
+            border=border,
             nucleus_channel=nucleus_channel,
             cytoplasm_channel=None if cytoplasm_channel.lower() in none else cytoplasm_channel,
             death_channel=None if death_channel.lower() in none else death_channel,
-            death_threshold=death_threshold, segmentation_backend=backend, n_workers=workers,
-            unmapped_wells="error" if strict_platemap else "skip", seed=seed,
+            death_threshold=death_threshold,
+            segmentation_backend=backend,
+            n_workers=workers,
+            unmapped_wells="error" if strict_platemap else "skip",
+            seed=seed,
         )
     except (FileExistsError, ImportError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"{result.n_cells} cells from {result.n_fields} fields "
-               f"({result.n_fields_skipped} skipped) → {result.path}")
+    typer.echo(
+        f"{result.n_cells} cells from {result.n_fields} fields "
+        f"({result.n_fields_skipped} skipped) → {result.path}"
+    )
 
 
 def register(app: typer.Typer) -> None:

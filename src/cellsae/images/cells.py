@@ -44,8 +44,14 @@ class CellCrops:
     touches_border: np.ndarray
 
 
-def extract_crops(image: np.ndarray, nuclei: np.ndarray, cells: np.ndarray | None = None, *,
-                  size: int = 128, border: str = "pad") -> CellCrops:
+def extract_crops(
+    image: np.ndarray,
+    nuclei: np.ndarray,
+    cells: np.ndarray | None = None,
+    *,
+    size: int = 128,
+    border: str = "pad",
+) -> CellCrops:
     """Cut a ``(C + 1) x size x size`` crop centred on every nucleus.
 
     Parameters
@@ -86,26 +92,38 @@ def extract_crops(image: np.ndarray, nuclei: np.ndarray, cells: np.ndarray | Non
     for i, k in enumerate(ids):
         sl = cell_objects[k - 1] if k - 1 < len(cell_objects) else None
         if sl is not None:
-            cell_edge[i] = sl[0].start == 0 or sl[1].start == 0 or sl[0].stop == h or \
-                sl[1].stop == w
+            cell_edge[i] = (
+                sl[0].start == 0 or sl[1].start == 0 or sl[0].stop == h or sl[1].stop == w
+            )
     flagged = window_out | cell_edge
     if border == "drop":
         keep = ~flagged
-        ids, centres, top, left, flagged = ids[keep], centres[keep], top[keep], left[keep], \
-            flagged[keep]
+        ids, centres, top, left, flagged = (
+            ids[keep],
+            centres[keep],
+            top[keep],
+            left[keep],
+            flagged[keep],
+        )
     crops = np.zeros((len(ids), c + 1, size, size), np.float32)
     for i, k in enumerate(ids):
         y0, x0 = top[i], left[i]
         ys, xs = max(y0, 0), max(x0, 0)
         ye, xe = min(y0 + size, h), min(x0 + size, w)
         dy, dx = ys - y0, xs - x0
-        crops[i, :c, dy:dy + ye - ys, dx:dx + xe - xs] = image[:, ys:ye, xs:xe]
-        crops[i, c, dy:dy + ye - ys, dx:dx + xe - xs] = cells[ys:ye, xs:xe] == k
+        crops[i, :c, dy : dy + ye - ys, dx : dx + xe - xs] = image[:, ys:ye, xs:xe]
+        crops[i, c, dy : dy + ye - ys, dx : dx + xe - xs] = cells[ys:ye, xs:xe] == k
     return CellCrops(crops, ids, centres, flagged)
 
 
-def count_puncta(image: np.ndarray, cells: np.ndarray, n_cells: int, *, sigma: float = 1.0,
-                 threshold: float = 3.0) -> np.ndarray:
+def count_puncta(
+    image: np.ndarray,
+    cells: np.ndarray,
+    n_cells: int,
+    *,
+    sigma: float = 1.0,
+    threshold: float = 3.0,
+) -> np.ndarray:
     """Count bright spots (mitochondria, lysosomes) per cell.
 
     Spots are local maxima of a difference of Gaussians (sigma, 3 sigma) that exceed
@@ -121,14 +139,19 @@ def count_puncta(image: np.ndarray, cells: np.ndarray, n_cells: int, *, sigma: f
     if mad <= 0:
         mad = float(dog.std()) or 1.0
     peaks = (dog == ndi.maximum_filter(dog, size=3)) & (dog > threshold * mad)
-    return np.bincount(cells[peaks].ravel(), minlength=n_cells + 1)[1:n_cells + 1]
+    return np.bincount(cells[peaks].ravel(), minlength=n_cells + 1)[1 : n_cells + 1]
 
 
-def measure_cells(image: np.ndarray, nuclei: np.ndarray, cells: np.ndarray,
-                  channel_names: Sequence[str], *, labels: np.ndarray | None = None,
-                  puncta_channels: Sequence[str] = ("mito", "lyso"),
-                  nucleus_channels: Sequence[str] = ("nucleus", "death")
-                  ) -> tuple[np.ndarray, list[str]]:
+def measure_cells(
+    image: np.ndarray,
+    nuclei: np.ndarray,
+    cells: np.ndarray,
+    channel_names: Sequence[str],
+    *,
+    labels: np.ndarray | None = None,
+    puncta_channels: Sequence[str] = ("mito", "lyso"),
+    nucleus_channels: Sequence[str] = ("nucleus", "death"),
+) -> tuple[np.ndarray, list[str]]:
     """Per-cell morphology, intensity, texture and puncta features.
 
     Parameters
@@ -150,8 +173,9 @@ def measure_cells(image: np.ndarray, nuclei: np.ndarray, cells: np.ndarray,
 
     image = np.asarray(image, np.float32)
     if image.ndim != 3 or image.shape[0] != len(channel_names):
-        raise ValueError(f"image must be (C, H, W) with C = {len(channel_names)} channels, got "
-                         f"{image.shape}")
+        raise ValueError(
+            f"image must be (C, H, W) with C = {len(channel_names)} channels, got {image.shape}"
+        )
     n = int(max(nuclei.max(), cells.max()))
     labels = np.arange(1, n + 1) if labels is None else np.asarray(labels, int)
     columns: dict[str, np.ndarray] = {}
@@ -160,9 +184,18 @@ def measure_cells(image: np.ndarray, nuclei: np.ndarray, cells: np.ndarray,
         return np.zeros((0, len(names)), np.float32), names
 
     def shape_features(lab: np.ndarray, prefix: str) -> None:
-        props = regionprops_table(lab, properties=("label", "area", "perimeter", "eccentricity",
-                                                   "solidity", "major_axis_length",
-                                                   "minor_axis_length"))
+        props = regionprops_table(
+            lab,
+            properties=(
+                "label",
+                "area",
+                "perimeter",
+                "eccentricity",
+                "solidity",
+                "major_axis_length",
+                "minor_axis_length",
+            ),
+        )
         index = {int(k): i for i, k in enumerate(props["label"])}
         rows = np.array([index.get(int(k), -1) for k in labels])
         ok = rows >= 0
@@ -178,7 +211,8 @@ def measure_cells(image: np.ndarray, nuclei: np.ndarray, cells: np.ndarray,
         with np.errstate(divide="ignore", invalid="ignore"):
             columns[f"{prefix}_form_factor"] = 4 * np.pi * area / np.maximum(perim, 1) ** 2
             columns[f"{prefix}_aspect_ratio"] = take("major_axis_length") / np.maximum(
-                take("minor_axis_length"), 1)
+                take("minor_axis_length"), 1
+            )
         columns[f"{prefix}_eccentricity"] = take("eccentricity")
         columns[f"{prefix}_solidity"] = take("solidity")
 
@@ -192,14 +226,15 @@ def measure_cells(image: np.ndarray, nuclei: np.ndarray, cells: np.ndarray,
         with np.errstate(divide="ignore", invalid="ignore"):
             columns[f"{name}_mean"] = np.where(area > 0, total / np.maximum(area, 1), 0)
         columns[f"{name}_integrated"] = total
-        columns[f"{name}_std"] = np.nan_to_num(np.asarray(ndi.standard_deviation(ch, cells,
-                                                                                 labels)))
+        columns[f"{name}_std"] = np.nan_to_num(
+            np.asarray(ndi.standard_deviation(ch, cells, labels))
+        )
         gradient = np.hypot(ndi.sobel(ch, 0), ndi.sobel(ch, 1)) / 8.0
-        columns[f"{name}_gradient"] = np.nan_to_num(np.asarray(ndi.mean(gradient, cells,
-                                                                        labels)))
+        columns[f"{name}_gradient"] = np.nan_to_num(np.asarray(ndi.mean(gradient, cells, labels)))
         if name in nucleus_channels:
-            columns[f"{name}_nucleus_mean"] = np.nan_to_num(np.asarray(ndi.mean(ch, nuclei,
-                                                                                labels)))
+            columns[f"{name}_nucleus_mean"] = np.nan_to_num(
+                np.asarray(ndi.mean(ch, nuclei, labels))
+            )
         if name in puncta_channels:
             counts = count_puncta(ch, cells, n)
             columns[f"{name}_puncta"] = counts[labels - 1].astype(float)
@@ -211,12 +246,22 @@ def measure_cells(image: np.ndarray, nuclei: np.ndarray, cells: np.ndarray,
     return np.nan_to_num(features, nan=0.0), names
 
 
-def _feature_names(channel_names: Sequence[str], puncta_channels: Sequence[str],
-                   nucleus_channels: Sequence[str]) -> list[str]:
+def _feature_names(
+    channel_names: Sequence[str], puncta_channels: Sequence[str], nucleus_channels: Sequence[str]
+) -> list[str]:
     names = []
     for prefix in ("nucleus", "cell"):
-        names += [f"{prefix}_{k}" for k in ("area", "perimeter", "form_factor", "aspect_ratio",
-                                             "eccentricity", "solidity")]
+        names += [
+            f"{prefix}_{k}"
+            for k in (
+                "area",
+                "perimeter",
+                "form_factor",
+                "aspect_ratio",
+                "eccentricity",
+                "solidity",
+            )
+        ]
     for name in channel_names:
         names += [f"{name}_mean", f"{name}_integrated", f"{name}_std", f"{name}_gradient"]
         if name in nucleus_channels:

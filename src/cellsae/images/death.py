@@ -36,8 +36,11 @@ def death_threshold(intensity: np.ndarray, *, method: str = "otsu") -> float:
     x = np.asarray(intensity, np.float64)
     x = x[np.isfinite(x)]
     if len(x) < 10:
-        logger.warning("only %d cells with a death-dye measurement: no automatic threshold; "
-                       "pass a threshold explicitly", len(x))
+        logger.warning(
+            "only %d cells with a death-dye measurement: no automatic threshold; "
+            "pass a threshold explicitly",
+            len(x),
+        )
         return float("inf")
     floor = max(np.percentile(x[x > 0], 1) if (x > 0).any() else 1e-6, 1e-6)
     logx = np.log(np.maximum(x, floor))
@@ -59,9 +62,13 @@ def death_threshold(intensity: np.ndarray, *, method: str = "otsu") -> float:
     raise ValueError(f"method must be 'otsu' or 'gmm', got {method!r}")
 
 
-def call_dead(intensity: np.ndarray, plate: Sequence | None = None, *,
-              threshold: float | dict | None = None, method: str = "otsu"
-              ) -> tuple[np.ndarray, dict]:
+def call_dead(
+    intensity: np.ndarray,
+    plate: Sequence | None = None,
+    *,
+    threshold: float | dict | None = None,
+    method: str = "otsu",
+) -> tuple[np.ndarray, dict]:
     """Call cells dead when their death-dye intensity exceeds a plate-wise threshold.
 
     Parameters
@@ -86,8 +93,10 @@ def call_dead(intensity: np.ndarray, plate: Sequence | None = None, *,
         sel = plate == p
         if isinstance(threshold, dict):
             if p not in threshold:
-                raise KeyError(f"no death threshold given for plate {p!r}; thresholds were "
-                               f"given for {sorted(threshold)}")
+                raise KeyError(
+                    f"no death threshold given for plate {p!r}; thresholds were "
+                    f"given for {sorted(threshold)}"
+                )
             t = float(threshold[p])
         elif threshold is not None:
             t = float(threshold)
@@ -98,8 +107,9 @@ def call_dead(intensity: np.ndarray, plate: Sequence | None = None, *,
     return dead, used
 
 
-def death_rates(obs: pd.DataFrame, *, by: Sequence[str] = ("plate", "well"),
-                dead_key: str = "dead") -> pd.DataFrame:
+def death_rates(
+    obs: pd.DataFrame, *, by: Sequence[str] = ("plate", "well"), dead_key: str = "dead"
+) -> pd.DataFrame:
     """Fraction of dead cells per group (e.g. per well, or per well and field).
 
     Returns

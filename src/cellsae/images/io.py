@@ -26,9 +26,21 @@ import pandas as pd
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "CorruptImageError", "FilenamePattern", "ImageReadError", "MissingImageError",
-    "OmeZarrPlate", "PATTERN_PRESETS", "PlateSource", "open_plate", "ShapeMismatchError", "discover_plates",
-    "parse_channel_map", "read_image", "read_ome_zarr", "read_platemap", "well_name",
+    "CorruptImageError",
+    "FilenamePattern",
+    "ImageReadError",
+    "MissingImageError",
+    "OmeZarrPlate",
+    "PATTERN_PRESETS",
+    "PlateSource",
+    "open_plate",
+    "ShapeMismatchError",
+    "discover_plates",
+    "parse_channel_map",
+    "read_image",
+    "read_ome_zarr",
+    "read_platemap",
+    "well_name",
 ]
 
 
@@ -76,8 +88,9 @@ def parse_well(well: str) -> tuple[int, int]:
     """``parse_well("B03") == (2, 3)``; raises ValueError for anything else."""
     m = _WELL_RE.match(str(well))
     if not m:
-        raise ValueError(f"not a well name: {well!r} (expected a row letter and a column "
-                         "number, e.g. 'B03')")
+        raise ValueError(
+            f"not a well name: {well!r} (expected a row letter and a column number, e.g. 'B03')"
+        )
     row = 0
     for ch in m.group(1).upper():
         row = row * 26 + (ord(ch) - ord("A") + 1)
@@ -93,13 +106,13 @@ def _normalise_well(well: str) -> str:
 PATTERN_PRESETS: dict[str, str] = {
     # PerkinElmer/Revvity Opera Phenix and Operetta CLS (Harmony export).
     "phenix": r"r(?P<row>\d+)c(?P<col>\d+)f(?P<field>\d+)p(?P<plane>\d+)-ch(?P<channel>\d+)"
-              r"sk\d+fk\d+fl\d+\.tiff?$",
+    r"sk\d+fk\d+fl\d+\.tiff?$",
     # Molecular Devices ImageXpress / MetaXpress: A01_s1_w1.tif, optional _z per plane.
     "metaxpress": r"(?:.*_)?(?P<well>[A-Pa-p]\d{2})_s(?P<field>\d+)_w(?P<channel>\d+)"
-                  r"(?:_z(?P<plane>\d+))?(?:_[0-9A-Fa-f-]{36})?\.tiff?$",
+    r"(?:_z(?P<plane>\d+))?(?:_[0-9A-Fa-f-]{36})?\.tiff?$",
     # Yokogawa CellVoyager: <name>_B03_T0001F001L01A01Z01C01.tif
     "cellvoyager": r"(?:.*_)?(?P<well>[A-Pa-p]\d{2})_T\d+F(?P<field>\d+)L\d+A\d+"
-                   r"Z(?P<plane>\d+)C(?P<channel>\d+)\.tiff?$",
+    r"Z(?P<plane>\d+)C(?P<channel>\d+)\.tiff?$",
     # One multichannel (and possibly multi-z) stack per field: B03_f01.ome.tif / .zarr
     "stack": r"(?P<well>[A-Pa-p]\d{1,2})_f(?:ield)?(?P<field>\d+)\.(?:ome\.)?(?:tiff?|zarr)$",
 }
@@ -107,8 +120,12 @@ PATTERN_PRESETS["operetta"] = PATTERN_PRESETS["phenix"]
 PATTERN_PRESETS["imagexpress"] = PATTERN_PRESETS["metaxpress"]
 
 _PLACEHOLDERS = {
-    "row": r"(?P<row>\d+)", "col": r"(?P<col>\d+)", "well": r"(?P<well>[A-Za-z]{1,2}\d{1,3})",
-    "field": r"(?P<field>\d+)", "plane": r"(?P<plane>\d+)", "channel": r"(?P<channel>\w+?)",
+    "row": r"(?P<row>\d+)",
+    "col": r"(?P<col>\d+)",
+    "well": r"(?P<well>[A-Za-z]{1,2}\d{1,3})",
+    "field": r"(?P<field>\d+)",
+    "plane": r"(?P<plane>\d+)",
+    "channel": r"(?P<channel>\w+?)",
     "plate": r"(?P<plate>[^/]+?)",
 }
 
@@ -143,23 +160,30 @@ class FilenamePattern:
                 if field is None:
                     continue
                 if field not in _PLACEHOLDERS:
-                    raise ValueError(f"unknown placeholder {{{field}}} in file-name pattern "
-                                     f"{spec!r}; allowed: {sorted(_PLACEHOLDERS)}")
+                    raise ValueError(
+                        f"unknown placeholder {{{field}}} in file-name pattern "
+                        f"{spec!r}; allowed: {sorted(_PLACEHOLDERS)}"
+                    )
                 parts.append(_PLACEHOLDERS[field])
             regex = "".join(parts) + "$"
         else:
-            raise ValueError(f"file-name pattern {spec!r} is neither a preset "
-                             f"({sorted(PATTERN_PRESETS)}), a template with placeholders "
-                             "like {row}, nor a regular expression with named groups")
+            raise ValueError(
+                f"file-name pattern {spec!r} is neither a preset "
+                f"({sorted(PATTERN_PRESETS)}), a template with placeholders "
+                "like {row}, nor a regular expression with named groups"
+            )
         try:
             compiled = re.compile(regex)
         except re.error as err:
-            raise ValueError(f"file-name pattern {spec!r} is not a valid regular expression: "
-                             f"{err}") from None
+            raise ValueError(
+                f"file-name pattern {spec!r} is not a valid regular expression: {err}"
+            ) from None
         groups = set(compiled.groupindex)
         if not ({"well"} <= groups or {"row", "col"} <= groups):
-            raise ValueError(f"file-name pattern {spec!r} must identify the well: give a "
-                             "'well' group or both 'row' and 'col'")
+            raise ValueError(
+                f"file-name pattern {spec!r} must identify the well: give a "
+                "'well' group or both 'row' and 'col'"
+            )
         return cls(regex, "custom")
 
     @property
@@ -180,8 +204,12 @@ class FilenamePattern:
             row, col = parse_well(g["well"])
         else:
             row, col = int(g["row"]), int(g["col"])
-        out = {"row": row, "col": col, "well": well_name(row, col),
-               "field": int(g["field"]) if g.get("field") else 1}
+        out = {
+            "row": row,
+            "col": col,
+            "well": well_name(row, col),
+            "field": int(g["field"]) if g.get("field") else 1,
+        }
         if "channel" in g:
             ch = g["channel"]
             out["channel"] = int(ch) if ch is not None and ch.isdigit() else ch
@@ -203,10 +231,12 @@ def _tiff_read(path: Path) -> tuple[np.ndarray, str]:
     except FileNotFoundError:
         raise MissingImageError(f"image file not found: '{path}'", path) from None
     except Exception as err:  # noqa: BLE001 - tifffile raises many types for bad files
-        raise CorruptImageError(f"cannot read TIFF '{path}': {type(err).__name__}: {err}. "
-                                "The file is corrupt or truncated; re-export it or remove it "
-                                "(the field will then be skipped and recorded in the QC table)",
-                                path) from None
+        raise CorruptImageError(
+            f"cannot read TIFF '{path}': {type(err).__name__}: {err}. "
+            "The file is corrupt or truncated; re-export it or remove it "
+            "(the field will then be skipped and recorded in the QC table)",
+            path,
+        ) from None
     return data, axes
 
 
@@ -233,16 +263,21 @@ def read_ome_zarr(path: str | Path, *, level: int = 0) -> tuple[np.ndarray, str]
         array = np.asarray(group[datasets[level]["path"]][...])
         axes_meta = ms.get("axes")
         if axes_meta:
-            axes = "".join((a["name"] if isinstance(a, dict) else str(a))[0].upper()
-                           for a in axes_meta)
+            axes = "".join(
+                (a["name"] if isinstance(a, dict) else str(a))[0].upper() for a in axes_meta
+            )
         else:
-            axes = "TCZYX"[-array.ndim:]
+            axes = "TCZYX"[-array.ndim :]
     except (KeyError, ValueError, OSError) as err:
-        raise CorruptImageError(f"cannot read OME-Zarr '{path}': {err}; expected an OME-NGFF "
-                                "image group with 'multiscales' metadata", path) from None
+        raise CorruptImageError(
+            f"cannot read OME-Zarr '{path}': {err}; expected an OME-NGFF "
+            "image group with 'multiscales' metadata",
+            path,
+        ) from None
     except Exception as err:  # noqa: BLE001 - zarr raises many types for bad stores
-        raise CorruptImageError(f"cannot read OME-Zarr '{path}': {type(err).__name__}: {err}",
-                                path) from None
+        raise CorruptImageError(
+            f"cannot read OME-Zarr '{path}': {type(err).__name__}: {err}", path
+        ) from None
     return array, axes
 
 
@@ -252,8 +287,9 @@ def read_image(path: str | Path) -> tuple[np.ndarray, str]:
     if not path.exists():
         raise MissingImageError(f"image file not found: '{path}'", path)
     name = path.name.lower()
-    if name.endswith(".zarr") or (path.is_dir() and ((path / ".zattrs").exists()
-                                                     or (path / "zarr.json").exists())):
+    if name.endswith(".zarr") or (
+        path.is_dir() and ((path / ".zattrs").exists() or (path / "zarr.json").exists())
+    ):
         return read_ome_zarr(path)
     return _tiff_read(path)
 
@@ -262,8 +298,7 @@ def to_czyx(array: np.ndarray, axes: str, *, path: str | Path = "") -> np.ndarra
     """Reorder an image with named axes to ``(C, Z, Y, X)``, dropping a length-1 T/S."""
     axes = axes.upper().replace("S", "C") if "C" not in axes.upper() else axes.upper()
     if len(axes) != array.ndim:
-        raise ShapeMismatchError(f"'{path}': axes {axes!r} do not match shape {array.shape}",
-                                 path)
+        raise ShapeMismatchError(f"'{path}': axes {axes!r} do not match shape {array.shape}", path)
     for ax in list(axes):
         if ax not in "CZYX":
             i = axes.index(ax)
@@ -271,8 +306,11 @@ def to_czyx(array: np.ndarray, axes: str, *, path: str | Path = "") -> np.ndarra
                 if ax == "Q" and "Z" not in axes:  # tifffile's unknown axis: treat as Z
                     axes = axes.replace("Q", "Z")
                     continue
-                raise ShapeMismatchError(f"'{path}': axis {ax} has length {array.shape[i]}; "
-                                         "only single time points are supported", path)
+                raise ShapeMismatchError(
+                    f"'{path}': axis {ax} has length {array.shape[i]}; "
+                    "only single time points are supported",
+                    path,
+                )
             array = np.take(array, 0, axis=i)
             axes = axes.replace(ax, "")
     for ax in "CZ":
@@ -312,8 +350,13 @@ class PlateSource:
     channels : channel identifiers found (ints for numbered channels), for per-plane layouts.
     """
 
-    def __init__(self, folder: str | Path, *, pattern: str | FilenamePattern = "phenix",
-                 name: str | None = None):
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        pattern: str | FilenamePattern = "phenix",
+        name: str | None = None,
+    ):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"plate folder not found: '{self.folder}'")
@@ -328,8 +371,12 @@ class PlateSource:
             parsed["path"] = str(path)
             rows.append(parsed)
         if unmatched:
-            logger.debug("%s: %d image files did not match pattern %s", self.folder, unmatched,
-                         self.pattern.name)
+            logger.debug(
+                "%s: %d image files did not match pattern %s",
+                self.folder,
+                unmatched,
+                self.pattern.name,
+            )
         cols = ["well", "row", "col", "field", "path"]
         if self.pattern.per_plane:
             cols[4:4] = ["channel", "plane"]
@@ -338,15 +385,23 @@ class PlateSource:
             dup = self.files.duplicated(["well", "field", "channel", "plane"], keep=False)
             if dup.any():
                 first = self.files[dup].iloc[0]
-                raise ValueError(f"plate '{self.folder}': several files for well {first.well} "
-                                 f"field {first.field} channel {first.channel} plane "
-                                 f"{first.plane}; the file-name pattern must tell them apart")
+                raise ValueError(
+                    f"plate '{self.folder}': several files for well {first.well} "
+                    f"field {first.field} channel {first.channel} plane "
+                    f"{first.plane}; the file-name pattern must tell them apart"
+                )
         self.n_unmatched = unmatched
 
     @classmethod
-    def from_table(cls, folder: str | Path, files: pd.DataFrame, *,
-                   pattern: str | FilenamePattern = "phenix", name: str | None = None,
-                   planes: Sequence[int] | None = None) -> PlateSource:
+    def from_table(
+        cls,
+        folder: str | Path,
+        files: pd.DataFrame,
+        *,
+        pattern: str | FilenamePattern = "phenix",
+        name: str | None = None,
+        planes: Sequence[int] | None = None,
+    ) -> PlateSource:
         """A source over an already indexed file table (no folder scan), e.g. the rows of
         one field handed to a worker process; ``planes`` are the plate's z-planes."""
         self = cls.__new__(cls)
@@ -359,8 +414,10 @@ class PlateSource:
         return self
 
     def __repr__(self) -> str:
-        return (f"PlateSource({str(self.folder)!r}, pattern={self.pattern.name!r}, "
-                f"fields={len(self.fields())})")
+        return (
+            f"PlateSource({str(self.folder)!r}, pattern={self.pattern.name!r}, "
+            f"fields={len(self.fields())})"
+        )
 
     @property
     def per_plane(self) -> bool:
@@ -404,8 +461,9 @@ class PlateSource:
         well = _normalise_well(well)
         sel = self.files[(self.files["well"] == well) & (self.files["field"] == int(field))]
         if not len(sel):
-            raise MissingImageError(f"plate '{self.folder}' has no images for well {well} "
-                                    f"field {field}")
+            raise MissingImageError(
+                f"plate '{self.folder}' has no images for well {well} field {field}"
+            )
         if not self.pattern.per_plane:
             path = Path(sel["path"].iloc[0])
             array, axes = read_image(path)
@@ -413,8 +471,10 @@ class PlateSource:
             if channels is not None:
                 idx = [int(c) for c in channels]
                 if max(idx, default=-1) >= stack.shape[0] or min(idx, default=0) < 0:
-                    raise MissingImageError(f"'{path}' has {stack.shape[0]} channels; asked "
-                                            f"for channel indices {idx}", path)
+                    raise MissingImageError(
+                        f"'{path}' has {stack.shape[0]} channels; asked for channel indices {idx}",
+                        path,
+                    )
                 stack = stack[idx]
             return stack
         channels = self.channels if channels is None else list(channels)
@@ -428,28 +488,35 @@ class PlateSource:
                 raise MissingImageError(
                     f"plate '{self.folder}': channel {ch} is missing for well {well} field "
                     f"{field} (found channels {sorted(sel['channel'].astype(str).unique())}); "
-                    f"expected a file like '{self._example_name(well, field, ch, planes[0])}'")
+                    f"expected a file like '{self._example_name(well, field, ch, planes[0])}'"
+                )
             have = set(int(p) for p in ch_rows["plane"])
             missing = [p for p in planes if p not in have]
             if missing:
                 raise MissingImageError(
                     f"plate '{self.folder}': well {well} field {field} channel {ch} lacks "
                     f"z-plane(s) {missing} (expected e.g. "
-                    f"'{self._example_name(well, field, ch, missing[0])}')")
+                    f"'{self._example_name(well, field, ch, missing[0])}')"
+                )
             for zi, (_, row) in enumerate(ch_rows.sort_values("plane").iterrows()):
                 array, axes = read_image(row["path"])
                 plane = np.squeeze(array)
                 if plane.ndim != 2:
-                    raise ShapeMismatchError(f"'{row['path']}' holds an array of shape "
-                                             f"{array.shape}; per-plane files must be 2-D",
-                                             row["path"])
+                    raise ShapeMismatchError(
+                        f"'{row['path']}' holds an array of shape "
+                        f"{array.shape}; per-plane files must be 2-D",
+                        row["path"],
+                    )
                 if shape_ref is None:
                     shape_ref, ref_path = plane.shape, row["path"]
                     out = np.empty((len(channels), len(planes), *plane.shape), plane.dtype)
                 elif plane.shape != shape_ref:
-                    raise ShapeMismatchError(f"'{row['path']}' has shape {plane.shape} but "
-                                             f"'{ref_path}' has {shape_ref}; all channels and "
-                                             "planes of a field must match", row["path"])
+                    raise ShapeMismatchError(
+                        f"'{row['path']}' has shape {plane.shape} but "
+                        f"'{ref_path}' has {shape_ref}; all channels and "
+                        "planes of a field must match",
+                        row["path"],
+                    )
                 out[ci, zi] = plane
         if out is None:
             raise MissingImageError(f"no channels requested for well {well} field {field}")
@@ -459,8 +526,10 @@ class PlateSource:
         if self.pattern.name in ("phenix", "operetta"):
             row, col = parse_well(well)
             return f"r{row:02d}c{col:02d}f{field:02d}p{plane:02d}-ch{channel}sk1fk1fl1.tiff"
-        return f"<file matching {self.pattern.name} pattern: well {well}, field {field}, " \
-               f"channel {channel}, plane {plane}>"
+        return (
+            f"<file matching {self.pattern.name} pattern: well {well}, field {field}, "
+            f"channel {channel}, plane {plane}>"
+        )
 
 
 class OmeZarrPlate:
@@ -484,8 +553,10 @@ class OmeZarrPlate:
             attrs = dict(self._group.attrs)
             plate = attrs.get("ome", attrs)["plate"]
         except Exception as err:  # noqa: BLE001 - zarr raises many types for bad stores
-            raise CorruptImageError(f"'{self.folder}' is not an OME-Zarr plate (no readable "
-                                    f"'plate' metadata: {err})", self.folder) from None
+            raise CorruptImageError(
+                f"'{self.folder}' is not an OME-Zarr plate (no readable 'plate' metadata: {err})",
+                self.folder,
+            ) from None
         self._fields: dict[tuple[str, int], str] = {}
         for well in plate.get("wells", []):
             wpath = well["path"]
@@ -495,8 +566,9 @@ class OmeZarrPlate:
                 wattrs = dict(self._group[wpath].attrs)
                 images = wattrs.get("ome", wattrs)["well"]["images"]
             except (KeyError, TypeError) as err:
-                raise CorruptImageError(f"'{self.folder}/{wpath}': missing 'well' metadata "
-                                        f"({err})", self.folder) from None
+                raise CorruptImageError(
+                    f"'{self.folder}/{wpath}': missing 'well' metadata ({err})", self.folder
+                ) from None
             for i, image in enumerate(images, start=1):
                 self._fields[(well_id, i)] = f"{wpath}/{image['path']}"
 
@@ -505,8 +577,9 @@ class OmeZarrPlate:
 
     @property
     def files(self) -> pd.DataFrame:
-        return pd.DataFrame([{"well": w, "field": f, "path": p}
-                             for (w, f), p in self._fields.items()])
+        return pd.DataFrame(
+            [{"well": w, "field": f, "path": p} for (w, f), p in self._fields.items()]
+        )
 
     def fields(self) -> list[tuple[str, int]]:
         return sorted(self._fields, key=lambda k: (*parse_well(k[0]), k[1]))
@@ -514,16 +587,18 @@ class OmeZarrPlate:
     def read_field(self, well: str, field: int, channels: Sequence | None = None) -> np.ndarray:
         key = (_normalise_well(well), int(field))
         if key not in self._fields:
-            raise MissingImageError(f"OME-Zarr plate '{self.folder}' has no field {field} in "
-                                    f"well {key[0]}", self.folder)
+            raise MissingImageError(
+                f"OME-Zarr plate '{self.folder}' has no field {field} in well {key[0]}", self.folder
+            )
         path = self.folder / self._fields[key]
         array, axes = read_ome_zarr(path)
         stack = to_czyx(array, axes, path=path)
         if channels is not None:
             idx = [int(c) for c in channels]
             if max(idx, default=-1) >= stack.shape[0] or min(idx, default=0) < 0:
-                raise MissingImageError(f"'{path}' has {stack.shape[0]} channels; asked for "
-                                        f"channel indices {idx}", path)
+                raise MissingImageError(
+                    f"'{path}' has {stack.shape[0]} channels; asked for channel indices {idx}", path
+                )
             stack = stack[idx]
         return stack
 
@@ -542,8 +617,9 @@ def _is_ome_zarr_plate(path: Path) -> bool:
     return False
 
 
-def open_plate(folder: str | Path, *, pattern: str | FilenamePattern = "phenix",
-               name: str | None = None) -> PlateSource | OmeZarrPlate:
+def open_plate(
+    folder: str | Path, *, pattern: str | FilenamePattern = "phenix", name: str | None = None
+) -> PlateSource | OmeZarrPlate:
     """An OME-Zarr plate when ``folder`` is one, else a :class:`PlateSource`."""
     folder = Path(folder)
     if _is_ome_zarr_plate(folder):
@@ -551,8 +627,9 @@ def open_plate(folder: str | Path, *, pattern: str | FilenamePattern = "phenix",
     return PlateSource(folder, pattern=pattern, name=name)
 
 
-def discover_plates(root: str | Path, *, pattern: str | FilenamePattern = "phenix"
-                    ) -> list[PlateSource | OmeZarrPlate]:
+def discover_plates(
+    root: str | Path, *, pattern: str | FilenamePattern = "phenix"
+) -> list[PlateSource | OmeZarrPlate]:
     """Plates under ``root``: ``root`` itself if it is an OME-Zarr plate or its own files
     match ``pattern``; else each OME-Zarr plate or sub-folder with matching files (one
     plate per folder, named after it)."""
@@ -580,7 +657,8 @@ def discover_plates(root: str | Path, *, pattern: str | FilenamePattern = "pheni
             f"no image files matching the '{pattern.name}' file-name pattern under '{root}' "
             f"(regex {pattern.regex!r}) and no OME-Zarr plate; pass --pattern with a preset "
             f"({', '.join(sorted(PATTERN_PRESETS))}) or a template like "
-            "'r{row}c{col}f{field}p{plane}-ch{channel}sk1fk1fl1.tiff'")
+            "'r{row}c{col}f{field}p{plane}-ch{channel}sk1fk1fl1.tiff'"
+        )
     return plates
 
 
@@ -606,11 +684,14 @@ def read_platemap(path: str | Path) -> pd.DataFrame:
     table.columns = [c.strip().lower() for c in table.columns]
     if "well" not in table.columns:
         if {"row", "col"} <= set(table.columns):
-            table["well"] = [well_name(int(r), int(c)) for r, c in
-                             zip(table["row"], table["col"], strict=True)]
+            table["well"] = [
+                well_name(int(r), int(c)) for r, c in zip(table["row"], table["col"], strict=True)
+            ]
         else:
-            raise ValueError(f"plate map '{path}' needs a 'well' column (e.g. B03) or 'row' and "
-                             f"'col' columns; found columns {list(table.columns)}")
+            raise ValueError(
+                f"plate map '{path}' needs a 'well' column (e.g. B03) or 'row' and "
+                f"'col' columns; found columns {list(table.columns)}"
+            )
     try:
         table["well"] = [_normalise_well(w) for w in table["well"]]
     except ValueError as err:
@@ -620,13 +701,14 @@ def read_platemap(path: str | Path) -> pd.DataFrame:
     keys = ["plate", "well"] if "plate" in table.columns else ["well"]
     dup = table.duplicated(keys, keep=False)
     if dup.any():
-        raise ValueError(f"plate map '{path}' lists {', '.join(table.loc[dup, 'well'].unique()[:5])}"
-                         f" more than once (per {' and '.join(keys)})")
+        raise ValueError(
+            f"plate map '{path}' lists {', '.join(table.loc[dup, 'well'].unique()[:5])}"
+            f" more than once (per {' and '.join(keys)})"
+        )
     return table
 
 
-def parse_channel_map(spec: str | Sequence[str] | dict, available: Sequence | None = None
-                      ) -> dict:
+def parse_channel_map(spec: str | Sequence[str] | dict, available: Sequence | None = None) -> dict:
     """Map channel identifiers in the files to channel names.
 
     Accepted forms:
@@ -643,12 +725,17 @@ def parse_channel_map(spec: str | Sequence[str] | dict, available: Sequence | No
     if isinstance(spec, dict):
         items = [(k, str(v)) for k, v in spec.items()]
     else:
-        parts = [p.strip() for p in spec.split(",")] if isinstance(spec, str) else \
-            [str(p).strip() for p in spec]
+        parts = (
+            [p.strip() for p in spec.split(",")]
+            if isinstance(spec, str)
+            else [str(p).strip() for p in spec]
+        )
         if any("=" in p for p in parts):
             if not all("=" in p for p in parts if p):
-                raise ValueError(f"channel map {spec!r} mixes 'id=name' and bare names; use "
-                                 "one form, e.g. '1=nucleus,2=death,3=mito,4=lyso'")
+                raise ValueError(
+                    f"channel map {spec!r} mixes 'id=name' and bare names; use "
+                    "one form, e.g. '1=nucleus,2=death,3=mito,4=lyso'"
+                )
             items = []
             for p in parts:
                 if not p:
@@ -658,8 +745,10 @@ def parse_channel_map(spec: str | Sequence[str] | dict, available: Sequence | No
         else:
             ids = list(available) if available is not None else list(range(1, len(parts) + 1))
             if len(parts) > len(ids):
-                raise ValueError(f"channel map names {len(parts)} channels ({spec!r}) but only "
-                                 f"{len(ids)} are present ({ids}); use 'id=name' pairs")
+                raise ValueError(
+                    f"channel map names {len(parts)} channels ({spec!r}) but only "
+                    f"{len(ids)} are present ({ids}); use 'id=name' pairs"
+                )
             items = [(i, n) for i, n in zip(ids, parts, strict=False) if n]
     names = [n for _, n in items]
     if any(not n for n in names):
@@ -670,6 +759,8 @@ def parse_channel_map(spec: str | Sequence[str] | dict, available: Sequence | No
         avail = {str(a) for a in available}
         absent = [k for k, _ in items if str(k) not in avail]
         if absent:
-            raise ValueError(f"channel(s) {absent} named in the channel map are not in the files "
-                             f"(found channels {sorted(avail)})")
+            raise ValueError(
+                f"channel(s) {absent} named in the channel map are not in the files "
+                f"(found channels {sorted(avail)})"
+            )
     return dict(items)

@@ -80,10 +80,12 @@ class IngestConfig(StrictModel):
 
     def fingerprint(self) -> str:
         """Hash of every setting that changes per-field results (not workers/death calls)."""
-        data = self.model_dump(exclude={"n_workers", "death_threshold", "death_method",
-                                        "unmapped_wells"})
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()
-                              ).hexdigest()[:16]
+        data = self.model_dump(
+            exclude={"n_workers", "death_threshold", "death_method", "unmapped_wells"}
+        )
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[
+            :16
+        ]
 
 
 @dataclass(frozen=True)
@@ -99,10 +101,14 @@ class IngestResult:
     channel_names: list[str]
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "n_cells": self.n_cells, "n_fields": self.n_fields,
-                "n_fields_skipped": self.n_fields_skipped,
-                "death_thresholds": {str(k): v for k, v in self.death_thresholds.items()},
-                "channel_names": self.channel_names}
+        return {
+            "path": str(self.path),
+            "n_cells": self.n_cells,
+            "n_fields": self.n_fields,
+            "n_fields_skipped": self.n_fields_skipped,
+            "death_thresholds": {str(k): v for k, v in self.death_thresholds.items()},
+            "channel_names": self.channel_names,
+        }
 
 
 # -- per field ------------------------------------------------------------------------------
@@ -126,14 +132,24 @@ def process_field(task: dict) -> dict:
     from .segmentation import segment_cells, segment_nuclei
 
     cfg = IngestConfig(**task["config"])
-    record = {"plate": task["plate"], "well": task["well"], "field": task["field"],
-              "status": "ok", "reason": "", "n_cells": 0}
+    record = {
+        "plate": task["plate"],
+        "well": task["well"],
+        "field": task["field"],
+        "status": "ok",
+        "reason": "",
+        "n_cells": 0,
+    }
     names: list[str] = task["channel_names"]
     try:
         if task.get("files") is not None:  # the field's own rows: no folder re-scan
-            source = PlateSource.from_table(task["folder"], pd.DataFrame(task["files"]),
-                                            pattern=cfg.pattern, name=task["plate"],
-                                            planes=task.get("planes"))
+            source = PlateSource.from_table(
+                task["folder"],
+                pd.DataFrame(task["files"]),
+                pattern=cfg.pattern,
+                name=task["plate"],
+                planes=task.get("planes"),
+            )
         else:
             source = open_plate(task["folder"], pattern=cfg.pattern, name=task["plate"])
         stack = source.read_field(task["well"], task["field"], task["channel_ids"])
@@ -141,55 +157,81 @@ def process_field(task: dict) -> dict:
         projected = project(stack, cfg.projection)
         del stack
         calibration = PlateCalibration.load(task["calibration"])
-        corrected, normalised = correct_field(projected, calibration,
-                                              background_percentile=cfg.background_percentile)
+        corrected, normalised = correct_field(
+            projected, calibration, background_percentile=cfg.background_percentile
+        )
     except (ImageReadError, ValueError) as err:
         reason = str(err)
         if not isinstance(err, ImageReadError) and task.get("files"):
             reason = f"'{task['files'][0]['path']}' (and the rest of this field): {reason}"
         record.update(status="skipped", reason=reason)
-        logger.warning("skipping %s %s field %s: %s", task["plate"], task["well"],
-                       task["field"], err)
+        logger.warning(
+            "skipping %s %s field %s: %s", task["plate"], task["well"], task["field"], err
+        )
         return record
 
     nuc_i = names.index(cfg.nucleus_channel)
-    nuclei = segment_nuclei(projected[nuc_i], backend=cfg.segmentation_backend,
-                            **cfg.segmentation_params)
+    nuclei = segment_nuclei(
+        projected[nuc_i], backend=cfg.segmentation_backend, **cfg.segmentation_params
+    )
     max_value = float(np.iinfo(raw_dtype).max) if np.issubdtype(raw_dtype, np.integer) else None
-    qc = field_qc(projected[nuc_i], nuclei, focus_reference=calibration.focus_median,
-                  typical_area=task.get("typical_area", np.nan), max_value=max_value,
-                  thresholds=QCThresholds(min_focus_ratio=cfg.min_focus_ratio,
-                                          max_saturation=cfg.max_saturation,
-                                          skip_flags=tuple(cfg.skip_flags)))
+    qc = field_qc(
+        projected[nuc_i],
+        nuclei,
+        focus_reference=calibration.focus_median,
+        typical_area=task.get("typical_area", np.nan),
+        max_value=max_value,
+        thresholds=QCThresholds(
+            min_focus_ratio=cfg.min_focus_ratio,
+            max_saturation=cfg.max_saturation,
+            skip_flags=tuple(cfg.skip_flags),
+        ),
+    )
     record.update({f"qc_{k}": v for k, v in qc.to_dict().items()})
     skip = [f for f in qc.flags if f in cfg.skip_flags]
     if skip:
         record.update(status="qc_failed", reason=";".join(skip))
-        logger.warning("skipping %s %s field %s: QC flag(s) %s (focus %.3g, %d nuclei)",
-                       task["plate"], task["well"], task["field"], ", ".join(skip), qc.focus,
-                       qc.n_cells)
+        logger.warning(
+            "skipping %s %s field %s: QC flag(s) %s (focus %.3g, %d nuclei)",
+            task["plate"],
+            task["well"],
+            task["field"],
+            ", ".join(skip),
+            qc.focus,
+            qc.n_cells,
+        )
         nuclei = np.zeros_like(nuclei)
-    cyto = corrected[names.index(cfg.cytoplasm_channel)] \
-        if cfg.cytoplasm_channel in names else None
+    cyto = corrected[names.index(cfg.cytoplasm_channel)] if cfg.cytoplasm_channel in names else None
     cells = segment_cells(nuclei, cyto)
     crops = extract_crops(normalised, nuclei, cells, size=cfg.crop_size, border=cfg.border)
     images = crops.crops if cfg.mask_channel else crops.crops[:, :-1]
-    features, feature_names = measure_cells(corrected, nuclei, cells, names,
-                                            labels=crops.labels)
+    features, feature_names = measure_cells(corrected, nuclei, cells, names, labels=crops.labels)
     record["n_cells"] = int(len(crops.labels))
     with atomic_path(task["part"], suffix=".npz") as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, crops=images.astype(np.float16), labels=crops.labels,
-                 centres=crops.centres, touches_border=crops.touches_border,
-                 features=features, feature_names=np.array(feature_names),
-                 record=np.array(json.dumps(record, default=float)))
+        np.savez(
+            fh,
+            crops=images.astype(np.float16),
+            labels=crops.labels,
+            centres=crops.centres,
+            touches_border=crops.touches_border,
+            features=features,
+            feature_names=np.array(feature_names),
+            record=np.array(json.dumps(record, default=float)),
+        )
     return record
 
 
 # -- calibration ----------------------------------------------------------------------------
 
 
-def _calibrate(source: PlateSource, fields: list[tuple[str, int]], ids: list, names: list[str],
-               cfg: IngestConfig, path: Path) -> tuple[float, list[dict]]:
+def _calibrate(
+    source: PlateSource,
+    fields: list[tuple[str, int]],
+    ids: list,
+    names: list[str],
+    cfg: IngestConfig,
+    path: Path,
+) -> tuple[float, list[dict]]:
     """Estimate and save the plate calibration; returns typical nucleus area and
     records of fields that failed to read during sampling."""
     from .preprocess import PlateCalibration, project
@@ -207,21 +249,26 @@ def _calibrate(source: PlateSource, fields: list[tuple[str, int]], ids: list, na
         except ImageReadError as err:
             problems.append({"well": well, "field": field, "reason": str(err)})
     if not sample:
-        raise ValueError(f"plate '{source.folder}': no field could be read for calibration; "
-                         f"first problem: {problems[0]['reason'] if problems else 'no fields'}")
+        raise ValueError(
+            f"plate '{source.folder}': no field could be read for calibration; "
+            f"first problem: {problems[0]['reason'] if problems else 'no fields'}"
+        )
     shapes = [s.shape for s in sample]
     common = max(set(shapes), key=shapes.count)
     sample = [s for s in sample if s.shape == common]
     nuc = names.index(cfg.nucleus_channel)
-    cal = PlateCalibration.estimate(sample, names, nucleus_channel=nuc,
-                                    percentiles=tuple(cfg.normalize_percentiles),
-                                    background_percentile=cfg.background_percentile,
-                                    flatfield=cfg.flatfield)
+    cal = PlateCalibration.estimate(
+        sample,
+        names,
+        nucleus_channel=nuc,
+        percentiles=tuple(cfg.normalize_percentiles),
+        background_percentile=cfg.background_percentile,
+        flatfield=cfg.flatfield,
+    )
     cal.save(path)
     areas = []
     for s in sample[:3]:
-        labels = segment_nuclei(s[nuc], backend=cfg.segmentation_backend,
-                                **cfg.segmentation_params)
+        labels = segment_nuclei(s[nuc], backend=cfg.segmentation_backend, **cfg.segmentation_params)
         if labels.max():
             areas.append(np.median(np.bincount(labels.ravel())[1:]))
     typical_area = float(np.median(areas)) if areas else float("nan")
@@ -238,9 +285,11 @@ def _prepare_platemap(platemap, plates: list[PlateSource]) -> pd.DataFrame | Non
     if "plate" in table.columns:
         names = {p.name for p in plates}
         if not names & set(table["plate"]):
-            raise ValueError(f"the plate map's 'plate' column lists {sorted(set(table['plate']))[:5]}"
-                             f" but the plate folders are {sorted(names)}; plate names must "
-                             "match folder names")
+            raise ValueError(
+                f"the plate map's 'plate' column lists {sorted(set(table['plate']))[:5]}"
+                f" but the plate folders are {sorted(names)}; plate names must "
+                "match folder names"
+            )
     return table
 
 
@@ -258,9 +307,16 @@ def _map_row(table: pd.DataFrame | None, plate: str, well: str) -> dict | None:
     return row
 
 
-def ingest(plate_dir: str | Path, out: str | Path, *, platemap: str | Path | pd.DataFrame |
-           None = None, config: IngestConfig | dict | None = None, overwrite: bool = False,
-           keep_parts: bool = False, **settings) -> IngestResult:
+def ingest(
+    plate_dir: str | Path,
+    out: str | Path,
+    *,
+    platemap: str | Path | pd.DataFrame | None = None,
+    config: IngestConfig | dict | None = None,
+    overwrite: bool = False,
+    keep_parts: bool = False,
+    **settings,
+) -> IngestResult:
     """Turn plate folders into a single-cell ``.h5sc`` file.
 
     Parameters
@@ -286,12 +342,15 @@ def ingest(plate_dir: str | Path, out: str | Path, *, platemap: str | Path | pd.
         cfg = config.model_copy(update=settings) if settings else config
         cfg = validate_config(IngestConfig, cfg.model_dump(), source="ingest settings")
     else:
-        cfg = validate_config(IngestConfig, {**(config or {}), **settings},
-                              source="ingest settings")
+        cfg = validate_config(
+            IngestConfig, {**(config or {}), **settings}, source="ingest settings"
+        )
     out = Path(out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"output '{out}' already exists; pass overwrite=True "
-                              "(--overwrite) or choose another --out")
+        raise FileExistsError(
+            f"output '{out}' already exists; pass overwrite=True "
+            "(--overwrite) or choose another --out"
+        )
     plates = discover_plates(plate_dir, pattern=cfg.pattern)
     table = _prepare_platemap(platemap, plates)
 
@@ -308,32 +367,49 @@ def ingest(plate_dir: str | Path, out: str | Path, *, platemap: str | Path | pd.
             # Stack layouts address channels by position: ids count from 1 in the map.
             ids = [int(k) - 1 for k in cmap]
         names = list(cmap.values())
-        for role, name in (("nucleus_channel", cfg.nucleus_channel),
-                           ("cytoplasm_channel", cfg.cytoplasm_channel),
-                           ("death_channel", cfg.death_channel)):
+        for role, name in (
+            ("nucleus_channel", cfg.nucleus_channel),
+            ("cytoplasm_channel", cfg.cytoplasm_channel),
+            ("death_channel", cfg.death_channel),
+        ):
             if name is not None and name not in names and role == "nucleus_channel":
-                raise ValueError(f"nucleus channel {name!r} is not in the channel map {cmap}; "
-                                 "name it in --channels or set --nucleus-channel")
+                raise ValueError(
+                    f"nucleus channel {name!r} is not in the channel map {cmap}; "
+                    "name it in --channels or set --nucleus-channel"
+                )
             if name is not None and name not in names:
-                logger.warning("plate %s: %s %r is not in the channel map %s; %s", plate.name,
-                               role, name, cmap, "cells get ring-shaped bodies"
-                               if role == "cytoplasm_channel" else "no death calls")
+                logger.warning(
+                    "plate %s: %s %r is not in the channel map %s; %s",
+                    plate.name,
+                    role,
+                    name,
+                    cmap,
+                    "cells get ring-shaped bodies"
+                    if role == "cytoplasm_channel"
+                    else "no death calls",
+                )
         fields = plate.fields()
         if not fields:
-            raise FileNotFoundError(f"plate '{plate.folder}' has no image files matching the "
-                                    f"'{cfg.pattern}' pattern")
+            raise FileNotFoundError(
+                f"plate '{plate.folder}' has no image files matching the '{cfg.pattern}' pattern"
+            )
         unmapped = sorted({w for w, _ in fields if _map_row(table, plate.name, w) is None})
         if unmapped and cfg.unmapped_wells == "error":
-            raise ValueError(f"plate '{plate.name}': wells {unmapped} have images but are not "
-                             "in the plate map; add them or use unmapped_wells='skip'")
+            raise ValueError(
+                f"plate '{plate.name}': wells {unmapped} have images but are not "
+                "in the plate map; add them or use unmapped_wells='skip'"
+            )
         per_plate.append((plate, ids, names, fields, unmapped))
     channel_names = per_plate[0][2]
     if any(p[2] != channel_names for p in per_plate):
         raise ValueError("all plates must have the same channels")
 
     parts = out.with_name(out.name + ".parts")
-    manifest = {"format_version": _FORMAT_VERSION, "fingerprint": cfg.fingerprint(),
-                "plates": [str(p.folder) for p in plates]}
+    manifest = {
+        "format_version": _FORMAT_VERSION,
+        "fingerprint": cfg.fingerprint(),
+        "plates": [str(p.folder) for p in plates],
+    }
     manifest_path = parts / "manifest.json"
     if parts.exists() and any(parts.iterdir()):
         try:
@@ -342,9 +418,11 @@ def ingest(plate_dir: str | Path, out: str | Path, *, platemap: str | Path | pd.
             old = {}
         if old != manifest:
             if not overwrite:
-                raise ValueError(f"'{parts}' holds finished fields from a run with different "
-                                 "settings or plates; delete it, or pass overwrite=True "
-                                 "(--overwrite) to start over")
+                raise ValueError(
+                    f"'{parts}' holds finished fields from a run with different "
+                    "settings or plates; delete it, or pass overwrite=True "
+                    "(--overwrite) to start over"
+                )
             shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
     atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
@@ -362,13 +440,23 @@ def ingest(plate_dir: str | Path, out: str | Path, *, platemap: str | Path | pd.
             mapped = [f for f in fields if f[0] not in unmapped] or fields
             typical_area, _ = _calibrate(plate, mapped, ids, names, cfg, cal_path)
             atomic_write_text(area_path, json.dumps({"typical_area": typical_area}))
-        field_rows = plate.files.groupby(["well", "field"]).indices \
-            if isinstance(plate, PlateSource) else None
+        field_rows = (
+            plate.files.groupby(["well", "field"]).indices
+            if isinstance(plate, PlateSource)
+            else None
+        )
         for well, field in fields:
             if well in unmapped:
-                records.append({"plate": plate.name, "well": well, "field": field,
-                                "status": "skipped", "n_cells": 0,
-                                "reason": f"well {well} is not in the plate map"})
+                records.append(
+                    {
+                        "plate": plate.name,
+                        "well": well,
+                        "field": field,
+                        "status": "skipped",
+                        "n_cells": 0,
+                        "reason": f"well {well} is not in the plate map",
+                    }
+                )
                 continue
             part = plate_parts / _part_name(well, field)
             if part.exists():
@@ -383,11 +471,22 @@ def ingest(plate_dir: str | Path, out: str | Path, *, platemap: str | Path | pd.
             if field_rows is not None:
                 files = plate.files.iloc[field_rows[(well, field)]].to_dict("records")
                 planes = plate.planes
-            tasks.append({"folder": str(plate.folder), "plate": plate.name, "well": well,
-                          "files": files, "planes": planes,
-                          "field": field, "channel_ids": ids, "channel_names": names,
-                          "calibration": str(cal_path), "config": cfg.model_dump(),
-                          "typical_area": typical_area, "part": str(part)})
+            tasks.append(
+                {
+                    "folder": str(plate.folder),
+                    "plate": plate.name,
+                    "well": well,
+                    "files": files,
+                    "planes": planes,
+                    "field": field,
+                    "channel_ids": ids,
+                    "channel_names": names,
+                    "calibration": str(cal_path),
+                    "config": cfg.model_dump(),
+                    "typical_area": typical_area,
+                    "part": str(part),
+                }
+            )
     n_done = sum(r["status"] != "skipped" for r in records)
     if n_done:
         logger.info("resuming: %d field(s) already finished, %d to do", n_done, len(tasks))
@@ -435,9 +534,15 @@ def _run_tasks(tasks: list[dict], n_workers: int) -> list[dict]:
         bar.close()
 
 
-def _assemble(out: Path, parts: Path, per_plate, records: list[dict],
-              table: pd.DataFrame | None, cfg: IngestConfig, channel_names: list[str]
-              ) -> IngestResult:
+def _assemble(
+    out: Path,
+    parts: Path,
+    per_plate,
+    records: list[dict],
+    table: pd.DataFrame | None,
+    cfg: IngestConfig,
+    channel_names: list[str],
+) -> IngestResult:
     from ..crops import H5scWriter
     from .death import call_dead, death_rates
 
@@ -453,38 +558,58 @@ def _assemble(out: Path, parts: Path, per_plate, records: list[dict],
             feats.append(z["features"])
             feature_names = [str(x) for x in z["feature_names"]]
         extra = _map_row(table, rec.plate, rec.well) or {}
-        frame = pd.DataFrame({
-            "plate": rec.plate, "well": rec.well, "field": int(rec.field),
-            "cell_label": labels.astype(int), "x": centres[:, 1], "y": centres[:, 0],
-            "touches_border": border.astype(bool),
-            "qc_flags": getattr(rec, "qc_flags", "") or "",
-        })
+        frame = pd.DataFrame(
+            {
+                "plate": rec.plate,
+                "well": rec.well,
+                "field": int(rec.field),
+                "cell_label": labels.astype(int),
+                "x": centres[:, 1],
+                "y": centres[:, 0],
+                "touches_border": border.astype(bool),
+                "qc_flags": getattr(rec, "qc_flags", "") or "",
+            }
+        )
         for k, v in extra.items():
             frame[k] = v
         obs_parts.append(frame)
         part_files.append(part)
     n_cells = int(sum(len(f) for f in obs_parts))
     if n_cells == 0:
-        raise ValueError(f"no cells were found in any field (QC table: "
-                         f"{qc['status'].value_counts().to_dict()}); nothing written to "
-                         f"'{out}'. First reasons: {list(qc['reason'].head(3))}")
+        raise ValueError(
+            f"no cells were found in any field (QC table: "
+            f"{qc['status'].value_counts().to_dict()}); nothing written to "
+            f"'{out}'. First reasons: {list(qc['reason'].head(3))}"
+        )
     obs = pd.concat(obs_parts, ignore_index=True)
-    obs.index = [f"{p}_{w}_f{f}_c{c}" for p, w, f, c in
-                 zip(obs["plate"], obs["well"], obs["field"], obs["cell_label"], strict=True)]
+    obs.index = [
+        f"{p}_{w}_f{f}_c{c}"
+        for p, w, f, c in zip(
+            obs["plate"], obs["well"], obs["field"], obs["cell_label"], strict=True
+        )
+    ]
     for col in obs.columns:
         if obs[col].dtype == object:
             obs[col] = obs[col].astype(str).astype("category")
     measure = np.concatenate(feats).astype(np.float32)
 
-    uns: dict[str, Any] = {"X_measure_names": np.array(feature_names, dtype=object),
-                           "ingest": {"fingerprint": cfg.fingerprint(),
-                                      "config": json.dumps(cfg.model_dump(), default=str)}}
+    uns: dict[str, Any] = {
+        "X_measure_names": np.array(feature_names, dtype=object),
+        "ingest": {
+            "fingerprint": cfg.fingerprint(),
+            "config": json.dumps(cfg.model_dump(), default=str),
+        },
+    }
     thresholds: dict = {}
     death_key = f"{cfg.death_channel}_nucleus_mean"
     if cfg.death_channel is not None and death_key in feature_names:
         intensity = measure[:, feature_names.index(death_key)]
-        dead, thresholds = call_dead(intensity, obs["plate"].astype(str).to_numpy(),
-                                     threshold=cfg.death_threshold, method=cfg.death_method)
+        dead, thresholds = call_dead(
+            intensity,
+            obs["plate"].astype(str).to_numpy(),
+            threshold=cfg.death_threshold,
+            method=cfg.death_method,
+        )
         obs["death_intensity"] = intensity
         obs["dead"] = dead
         uns["death_thresholds"] = {str(k): float(v) for k, v in thresholds.items()}
@@ -500,22 +625,36 @@ def _assemble(out: Path, parts: Path, per_plate, records: list[dict],
     uns["qc"] = qc_table
 
     names = channel_names + (["mask"] if cfg.mask_channel else [])
-    with H5scWriter(out, obs, channel_names=names, crop_size=cfg.crop_size, uns=uns,
-                    obsm={"X_measure": measure}) as writer:
+    with H5scWriter(
+        out, obs, channel_names=names, crop_size=cfg.crop_size, uns=uns, obsm={"X_measure": measure}
+    ) as writer:
         for part in progress(part_files, desc="writing", unit="field"):
             with np.load(part, allow_pickle=False) as z:
                 writer.write(z["crops"])
     qc_csv = out.with_name(out.stem + ".qc.csv")
     atomic_write_text(qc_csv, qc_table.to_csv(index=False))
     n_skipped = int((qc["status"] != "ok").sum())
-    logger.info("wrote %d cells from %d fields to %s (%d field(s) skipped; QC table %s)",
-                n_cells, len(qc), out, n_skipped, qc_csv)
+    logger.info(
+        "wrote %d cells from %d fields to %s (%d field(s) skipped; QC table %s)",
+        n_cells,
+        len(qc),
+        out,
+        n_skipped,
+        qc_csv,
+    )
     return IngestResult(out, n_cells, len(qc), n_skipped, qc_table, thresholds, names)
 
 
-def ingest_field_arrays(image: np.ndarray, channel_names: Sequence[str], *,
-                        nucleus_channel: str = "nucleus", cytoplasm_channel: str | None = "mito",
-                        crop_size: int = 128, border: str = "pad", **seg_params) -> dict:
+def ingest_field_arrays(
+    image: np.ndarray,
+    channel_names: Sequence[str],
+    *,
+    nucleus_channel: str = "nucleus",
+    cytoplasm_channel: str | None = "mito",
+    crop_size: int = 128,
+    border: str = "pad",
+    **seg_params,
+) -> dict:
     """The per-field core on an in-memory ``(C, H, W)`` image (already projected and
     corrected): segmentation, crops and measurements, without files.
 
@@ -534,6 +673,10 @@ def ingest_field_arrays(image: np.ndarray, channel_names: Sequence[str], *,
     cells = segment_cells(nuclei, cyto)
     crops = extract_crops(image, nuclei, cells, size=crop_size, border=border)
     features, feature_names = measure_cells(image, nuclei, cells, names, labels=crops.labels)
-    return {"nuclei": nuclei, "cells": cells, "crops": crops, "features": features,
-            "feature_names": feature_names}
-
+    return {
+        "nuclei": nuclei,
+        "cells": cells,
+        "crops": crops,
+        "features": features,
+        "feature_names": feature_names,
+    }

@@ -19,8 +19,15 @@ from scipy import ndimage as ndi
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PROJECTIONS", "PlateCalibration", "correct_field", "estimate_flatfield",
-           "normalize_percentile", "project", "subtract_background"]
+__all__ = [
+    "PROJECTIONS",
+    "PlateCalibration",
+    "correct_field",
+    "estimate_flatfield",
+    "normalize_percentile",
+    "project",
+    "subtract_background",
+]
 
 PROJECTIONS = ("max", "mean", "sum", "median", "best_focus")
 
@@ -161,28 +168,44 @@ class PlateCalibration:
         from .._utils import atomic_path
 
         with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, channel_names=np.array(self.channel_names), flatfield=self.flatfield,
-                     low=self.low, high=self.high, focus_median=self.focus_median,
-                     n_fields=self.n_fields)
+            np.savez(
+                fh,
+                channel_names=np.array(self.channel_names),
+                flatfield=self.flatfield,
+                low=self.low,
+                high=self.high,
+                focus_median=self.focus_median,
+                n_fields=self.n_fields,
+            )
 
     @classmethod
     def load(cls, path: str | Path) -> PlateCalibration:
         with np.load(path, allow_pickle=False) as z:
-            return cls([str(c) for c in z["channel_names"]], z["flatfield"], z["low"],
-                       z["high"], float(z["focus_median"]), int(z["n_fields"]))
+            return cls(
+                [str(c) for c in z["channel_names"]],
+                z["flatfield"],
+                z["low"],
+                z["high"],
+                float(z["focus_median"]),
+                int(z["n_fields"]),
+            )
 
     @classmethod
     def identity(cls, channel_names: Sequence[str], shape: tuple[int, int]) -> PlateCalibration:
         c = len(channel_names)
-        return cls(list(channel_names), np.ones((c, *shape), np.float32), np.zeros(c),
-                   np.ones(c))
+        return cls(list(channel_names), np.ones((c, *shape), np.float32), np.zeros(c), np.ones(c))
 
     @classmethod
-    def estimate(cls, projected_fields: Iterable[np.ndarray], channel_names: Sequence[str], *,
-                 nucleus_channel: int | None = None, percentiles: tuple[float, float] = (1.0,
-                                                                                      99.8),
-                 background_percentile: float = 5.0, flatfield: bool = True
-                 ) -> PlateCalibration:
+    def estimate(
+        cls,
+        projected_fields: Iterable[np.ndarray],
+        channel_names: Sequence[str],
+        *,
+        nucleus_channel: int | None = None,
+        percentiles: tuple[float, float] = (1.0, 99.8),
+        background_percentile: float = 5.0,
+        flatfield: bool = True,
+    ) -> PlateCalibration:
         """Estimate from projected fields, each ``(C, H, W)``."""
         fields = [np.asarray(f, np.float32) for f in projected_fields]
         if not fields:
@@ -199,21 +222,33 @@ class PlateCalibration:
         low = np.zeros(c)
         high = np.ones(c)
         for ci in range(c):
-            values = np.concatenate([
-                subtract_background(f[ci] / flat[ci], percentile=background_percentile)
-                [::4, ::4].ravel() for f in fields])
+            values = np.concatenate(
+                [
+                    subtract_background(f[ci] / flat[ci], percentile=background_percentile)[
+                        ::4, ::4
+                    ].ravel()
+                    for f in fields
+                ]
+            )
             lo, hi = np.percentile(values, percentiles)
             low[ci], high[ci] = lo, hi if hi > lo else lo + 1.0
         focus = float("nan")
         if nucleus_channel is not None:
             focus = float(np.median([focus_score(f[nucleus_channel]) for f in fields]))
-        return cls(list(channel_names), flat.astype(np.float32), low, high, focus, len(fields),
-                   {"percentiles": list(percentiles),
-                    "background_percentile": background_percentile})
+        return cls(
+            list(channel_names),
+            flat.astype(np.float32),
+            low,
+            high,
+            focus,
+            len(fields),
+            {"percentiles": list(percentiles), "background_percentile": background_percentile},
+        )
 
 
-def correct_field(projected: np.ndarray, calibration: PlateCalibration, *,
-                  background_percentile: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+def correct_field(
+    projected: np.ndarray, calibration: PlateCalibration, *, background_percentile: float = 5.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Flat-field correct, subtract background and normalise one projected field.
 
     Parameters
@@ -227,13 +262,17 @@ def correct_field(projected: np.ndarray, calibration: PlateCalibration, *,
     """
     projected = np.asarray(projected, np.float32)
     if projected.shape[1:] != calibration.flatfield.shape[1:]:
-        raise ValueError(f"field shape {projected.shape[1:]} differs from the plate's "
-                         f"{calibration.flatfield.shape[1:]}")
+        raise ValueError(
+            f"field shape {projected.shape[1:]} differs from the plate's "
+            f"{calibration.flatfield.shape[1:]}"
+        )
     corrected = np.empty_like(projected)
     normalised = np.empty_like(projected)
     for ci in range(projected.shape[0]):
-        corrected[ci] = subtract_background(projected[ci] / calibration.flatfield[ci],
-                                            percentile=background_percentile)
-        normalised[ci] = normalize_percentile(corrected[ci], calibration.low[ci],
-                                              calibration.high[ci])
+        corrected[ci] = subtract_background(
+            projected[ci] / calibration.flatfield[ci], percentile=background_percentile
+        )
+        normalised[ci] = normalize_percentile(
+            corrected[ci], calibration.low[ci], calibration.high[ci]
+        )
     return corrected, normalised

@@ -65,9 +65,15 @@ def saturation_fraction(raw: np.ndarray, max_value: float | None = None) -> floa
     return float((raw >= max_value).mean()) if raw.size else 0.0
 
 
-def field_qc(nucleus_raw: np.ndarray, nuclei: np.ndarray, *, focus_reference: float = np.nan,
-             typical_area: float = np.nan, max_value: float | None = None,
-             thresholds: QCThresholds | None = None) -> FieldQC:
+def field_qc(
+    nucleus_raw: np.ndarray,
+    nuclei: np.ndarray,
+    *,
+    focus_reference: float = np.nan,
+    typical_area: float = np.nan,
+    max_value: float | None = None,
+    thresholds: QCThresholds | None = None,
+) -> FieldQC:
     """QC of one field from its (projected, uncorrected) nucleus image and nucleus labels.
 
     Parameters

@@ -23,8 +23,13 @@ from scipy import ndimage as ndi
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["NucleusParams", "available_backends", "register_backend", "segment_cells",
-           "segment_nuclei"]
+__all__ = [
+    "NucleusParams",
+    "available_backends",
+    "register_backend",
+    "segment_cells",
+    "segment_nuclei",
+]
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,10 @@ class NucleusParams:
 def _as_2d_float(image: np.ndarray, name: str = "image") -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (H, W) array, got shape {image.shape}; "
-                         "project z-stacks first (cellsae.images.project)")
+        raise ValueError(
+            f"{name} must be a 2-D (H, W) array, got shape {image.shape}; "
+            "project z-stacks first (cellsae.images.project)"
+        )
     if not np.issubdtype(image.dtype, np.number) or image.dtype == bool:
         raise TypeError(f"{name} must be numeric, got dtype {image.dtype}")
     image = image.astype(np.float32, copy=False)
@@ -82,8 +89,11 @@ def _auto_threshold(image: np.ndarray, method: str | float) -> float:
 
     if not isinstance(method, str):
         return float(method)
-    funcs = {"otsu": filters.threshold_otsu, "li": filters.threshold_li,
-             "triangle": filters.threshold_triangle}
+    funcs = {
+        "otsu": filters.threshold_otsu,
+        "li": filters.threshold_li,
+        "triangle": filters.threshold_triangle,
+    }
     if method not in funcs:
         raise ValueError(f"threshold must be a number or one of {sorted(funcs)}, got {method!r}")
     if float(image.max()) == float(image.min()):
@@ -205,28 +215,39 @@ def register_backend(name: str, function: Backend) -> None:
     _BACKENDS[name] = function
 
 
-def _cellpose_backend(image: np.ndarray, *, diameter: float | None = None,
-                      model_type: str = "nuclei", gpu: bool = False, **kwargs) -> np.ndarray:
+def _cellpose_backend(
+    image: np.ndarray,
+    *,
+    diameter: float | None = None,
+    model_type: str = "nuclei",
+    gpu: bool = False,
+    **kwargs,
+) -> np.ndarray:
     try:
         from cellpose import models
     except ImportError as err:
-        raise ImportError("backend='cellpose' needs the cellpose package "
-                          "(pip install cellpose); the default backend='classical' needs "
-                          "nothing extra") from err
+        raise ImportError(
+            "backend='cellpose' needs the cellpose package "
+            "(pip install cellpose); the default backend='classical' needs "
+            "nothing extra"
+        ) from err
     model = models.Cellpose(gpu=gpu, model_type=model_type)
     masks, *_ = model.eval(image, diameter=diameter, channels=[0, 0], **kwargs)
     return np.asarray(masks, np.int32)
 
 
-def _stardist_backend(image: np.ndarray, *, model_name: str = "2D_versatile_fluo",
-                      **kwargs) -> np.ndarray:
+def _stardist_backend(
+    image: np.ndarray, *, model_name: str = "2D_versatile_fluo", **kwargs
+) -> np.ndarray:
     try:
         from csbdeep.utils import normalize
         from stardist.models import StarDist2D
     except ImportError as err:
-        raise ImportError("backend='stardist' needs the stardist package "
-                          "(pip install stardist); the default backend='classical' needs "
-                          "nothing extra") from err
+        raise ImportError(
+            "backend='stardist' needs the stardist package "
+            "(pip install stardist); the default backend='classical' needs "
+            "nothing extra"
+        ) from err
     model = StarDist2D.from_pretrained(model_name)
     labels, _ = model.predict_instances(normalize(image, 1, 99.8), **kwargs)
     return np.asarray(labels, np.int32)
@@ -261,23 +282,34 @@ def segment_nuclei(image: np.ndarray, *, backend: str = "classical", **params) -
     labels : (H, W) int32, 0 = background, nuclei numbered 1..n.
     """
     if backend not in _BACKENDS:
-        raise ValueError(f"unknown segmentation backend {backend!r}; available: "
-                         f"{available_backends()} (add one with register_backend)")
+        raise ValueError(
+            f"unknown segmentation backend {backend!r}; available: "
+            f"{available_backends()} (add one with register_backend)"
+        )
     if backend == "classical":
         unknown = set(params) - set(NucleusParams.__dataclass_fields__)
         if unknown:
-            raise TypeError(f"unknown classical segmentation parameter(s) {sorted(unknown)}; "
-                            f"allowed: {sorted(NucleusParams.__dataclass_fields__)}")
+            raise TypeError(
+                f"unknown classical segmentation parameter(s) {sorted(unknown)}; "
+                f"allowed: {sorted(NucleusParams.__dataclass_fields__)}"
+            )
     labels = np.asarray(_BACKENDS[backend](image, **params))
     if labels.shape != np.shape(image):
-        raise ValueError(f"backend {backend!r} returned labels of shape {labels.shape} for an "
-                         f"image of shape {np.shape(image)}")
+        raise ValueError(
+            f"backend {backend!r} returned labels of shape {labels.shape} for an "
+            f"image of shape {np.shape(image)}"
+        )
     return labels.astype(np.int32, copy=False)
 
 
-def segment_cells(nuclei: np.ndarray, cytoplasm: np.ndarray | None, *,
-                  max_distance: float | None = None, threshold: str | float = "otsu",
-                  threshold_scale: float = 0.5) -> np.ndarray:
+def segment_cells(
+    nuclei: np.ndarray,
+    cytoplasm: np.ndarray | None,
+    *,
+    max_distance: float | None = None,
+    threshold: str | float = "otsu",
+    threshold_scale: float = 0.5,
+) -> np.ndarray:
     """Grow cell bodies from nuclei by a seeded watershed on a cytoplasmic channel.
 
     Parameters
@@ -311,8 +343,7 @@ def segment_cells(nuclei: np.ndarray, cytoplasm: np.ndarray | None, *,
         return watershed(dist_to_nucleus, nuclei, mask=within).astype(np.int32)
     cyto = _as_2d_float(cytoplasm, "cytoplasm")
     if cyto.shape != nuclei.shape:
-        raise ValueError(f"cytoplasm shape {cyto.shape} differs from nuclei shape "
-                         f"{nuclei.shape}")
+        raise ValueError(f"cytoplasm shape {cyto.shape} differs from nuclei shape {nuclei.shape}")
     lo, hi = np.percentile(cyto, [0.5, 99.9])
     cyto = np.clip((cyto - lo) / max(hi - lo, 1e-12), 0, 1)
     smooth = ndi.gaussian_filter(cyto, 1.0)

@@ -21,9 +21,15 @@ __all__ = ["make_toy_field", "make_toy_plate"]
 TOY_CHANNELS = {1: "nucleus", 2: "death", 3: "mito", 4: "lyso"}
 
 
-def make_toy_field(size: int = 128, n_cells: int = 8, *, radius: float = 6.0,
-                   dead_fraction: float = 0.3, n_planes: int = 3, seed: SeedLike = 0
-                   ) -> tuple[np.ndarray, pd.DataFrame]:
+def make_toy_field(
+    size: int = 128,
+    n_cells: int = 8,
+    *,
+    radius: float = 6.0,
+    dead_fraction: float = 0.3,
+    n_planes: int = 3,
+    seed: SeedLike = 0,
+) -> tuple[np.ndarray, pd.DataFrame]:
     """One field: ``(4, Z, size, size)`` uint16 (nucleus, death, mito, lyso) and its
     truth table (x, y, dead), nuclei at least 3.2 radii apart."""
     rng = as_rng(seed)
@@ -71,15 +77,23 @@ def make_toy_field(size: int = 128, n_cells: int = 8, *, radius: float = 6.0,
         plane *= 1.0 - 0.2 * abs(z - focus)
         plane += 200 + rng.normal(0, 20, plane.shape)
         stack[:, z] = np.clip(plane, 0, 65535).astype(np.uint16)
-    truth = pd.DataFrame({"x": [c[1] for c in centres], "y": [c[0] for c in centres],
-                          "dead": dead.astype(bool)})
+    truth = pd.DataFrame(
+        {"x": [c[1] for c in centres], "y": [c[0] for c in centres], "dead": dead.astype(bool)}
+    )
     return stack, truth
 
 
-def make_toy_plate(root: str | Path, *, plate: str = "plate01",
-                   wells: tuple[str, ...] = ("B02", "B03"), n_fields: int = 2,
-                   size: int = 128, n_cells: int = 8, n_planes: int = 3,
-                   seed: SeedLike = 0) -> dict:
+def make_toy_plate(
+    root: str | Path,
+    *,
+    plate: str = "plate01",
+    wells: tuple[str, ...] = ("B02", "B03"),
+    n_fields: int = 2,
+    size: int = 128,
+    n_cells: int = 8,
+    n_planes: int = 3,
+    seed: SeedLike = 0,
+) -> dict:
     """Write a toy plate under ``root/plate`` plus ``root/platemap.csv`` and
     ``root/truth_positions.csv`` (the layout of the synthetic plates).
 
@@ -98,15 +112,22 @@ def make_toy_plate(root: str | Path, *, plate: str = "plate01",
     truth_rows, map_rows = [], []
     for wi, well in enumerate(wells):
         row, col = parse_well(well)
-        map_rows.append({"plate": plate, "well": well_name(row, col), "row": row, "col": col,
-                         "donor": f"d{wi % 2}", "genotype": "WT" if wi % 2 == 0 else "MUT",
-                         "condition": "ctrl"})
+        map_rows.append(
+            {
+                "plate": plate,
+                "well": well_name(row, col),
+                "row": row,
+                "col": col,
+                "donor": f"d{wi % 2}",
+                "genotype": "WT" if wi % 2 == 0 else "MUT",
+                "condition": "ctrl",
+            }
+        )
         for field in range(1, n_fields + 1):
             stack, truth = make_toy_field(size, n_cells, n_planes=n_planes, seed=rng)
             for ci in range(stack.shape[0]):
                 for z in range(n_planes):
-                    name = (f"r{row:02d}c{col:02d}f{field:02d}p{z + 1:02d}-ch{ci + 1}"
-                            "sk1fk1fl1.tiff")
+                    name = f"r{row:02d}c{col:02d}f{field:02d}p{z + 1:02d}-ch{ci + 1}sk1fk1fl1.tiff"
                     tifffile.imwrite(plate_dir / name, stack[ci, z])
             truth.insert(0, "field", field)
             truth.insert(0, "well", well_name(row, col))
@@ -117,6 +138,6 @@ def make_toy_plate(root: str | Path, *, plate: str = "plate01",
     pd.DataFrame(map_rows).to_csv(platemap, index=False)
     truth_path = root / "truth_positions.csv"
     pd.concat(truth_rows, ignore_index=True)[
-        ["plate", "well", "field", "x", "y", "cell_index", "dead"]].to_csv(truth_path,
-                                                                          index=False)
+        ["plate", "well", "field", "x", "y", "cell_index", "dead"]
+    ].to_csv(truth_path, index=False)
     return {"plate_dir": plate_dir, "platemap": platemap, "truth": truth_path}

@@ -38,24 +38,37 @@ class MatchResult:
         return asdict(self)
 
 
-def _result(n_true: int, n_pred: int, tp: int, matched_values: np.ndarray,
-            threshold: float) -> MatchResult:
+def _result(
+    n_true: int, n_pred: int, tp: int, matched_values: np.ndarray, threshold: float
+) -> MatchResult:
     fp, fn = n_pred - tp, n_true - tp
     precision = tp / n_pred if n_pred else (1.0 if n_true == 0 else 0.0)
     recall = tp / n_true if n_true else (1.0 if n_pred == 0 else 0.0)
     denom = 2 * tp + fp + fn
     f1 = 2 * tp / denom if denom else 1.0
     mean = float(np.mean(matched_values)) if len(matched_values) else float("nan")
-    return MatchResult(int(n_true), int(n_pred), int(tp), int(fp), int(fn), float(precision),
-                       float(recall), float(f1), mean, float(threshold))
+    return MatchResult(
+        int(n_true),
+        int(n_pred),
+        int(tp),
+        int(fp),
+        int(fn),
+        float(precision),
+        float(recall),
+        float(f1),
+        mean,
+        float(threshold),
+    )
 
 
 def _check_labels(labels: np.ndarray, name: str) -> np.ndarray:
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):
         if labels.dtype == bool:
-            raise TypeError(f"{name} is a boolean mask; pass an instance label image "
-                            "(e.g. scipy.ndimage.label(mask)[0])")
+            raise TypeError(
+                f"{name} is a boolean mask; pass an instance label image "
+                "(e.g. scipy.ndimage.label(mask)[0])"
+            )
         if not np.all(np.mod(labels, 1) == 0):
             raise TypeError(f"{name} must be an integer label image, got dtype {labels.dtype}")
         labels = labels.astype(np.int64)
@@ -80,13 +93,15 @@ def instance_iou(true_labels: np.ndarray, pred_labels: np.ndarray):
     t = _check_labels(true_labels, "true_labels")
     p = _check_labels(pred_labels, "pred_labels")
     if t.shape != p.shape:
-        raise ValueError(f"true_labels and pred_labels must have the same shape, got "
-                         f"{t.shape} and {p.shape}")
+        raise ValueError(
+            f"true_labels and pred_labels must have the same shape, got {t.shape} and {p.shape}"
+        )
     t, p = t.ravel(), p.ravel()
     true_ids, t_inv = np.unique(t, return_inverse=True)
     pred_ids, p_inv = np.unique(p, return_inverse=True)
-    counts = sparse.coo_matrix((np.ones(t.size, np.int64), (t_inv, p_inv)),
-                               shape=(len(true_ids), len(pred_ids))).toarray()
+    counts = sparse.coo_matrix(
+        (np.ones(t.size, np.int64), (t_inv, p_inv)), shape=(len(true_ids), len(pred_ids))
+    ).toarray()
     t_fg = true_ids != 0
     p_fg = pred_ids != 0
     area_t = counts.sum(1)[t_fg]
@@ -98,8 +113,9 @@ def instance_iou(true_labels: np.ndarray, pred_labels: np.ndarray):
     return iou, true_ids[t_fg], pred_ids[p_fg]
 
 
-def match_instances(true_labels: np.ndarray, pred_labels: np.ndarray, *,
-                    iou_threshold: float = 0.5) -> MatchResult:
+def match_instances(
+    true_labels: np.ndarray, pred_labels: np.ndarray, *, iou_threshold: float = 0.5
+) -> MatchResult:
     """Match predicted to true instances one-to-one on IoU and count hits.
 
     A pair counts as a true positive when its IoU is at least ``iou_threshold``; the
@@ -127,14 +143,16 @@ def match_instances(true_labels: np.ndarray, pred_labels: np.ndarray, *,
     return _result(len(true_ids), len(pred_ids), int(keep.sum()), matched, iou_threshold)
 
 
-def segmentation_f1(true_labels: np.ndarray, pred_labels: np.ndarray, *,
-                    iou_threshold: float = 0.5) -> float:
+def segmentation_f1(
+    true_labels: np.ndarray, pred_labels: np.ndarray, *, iou_threshold: float = 0.5
+) -> float:
     """F1 of instance segmentation at an IoU threshold (see :func:`match_instances`)."""
     return match_instances(true_labels, pred_labels, iou_threshold=iou_threshold).f1
 
 
-def detection_f1(true_xy: np.ndarray, pred_xy: np.ndarray, *,
-                 max_distance: float = 5.0) -> MatchResult:
+def detection_f1(
+    true_xy: np.ndarray, pred_xy: np.ndarray, *, max_distance: float = 5.0
+) -> MatchResult:
     """Detection accuracy of predicted object centres against true positions.
 
     Pairs are matched one-to-one minimising total distance (Hungarian); a pair within
@@ -161,8 +179,10 @@ def detection_f1(true_xy: np.ndarray, pred_xy: np.ndarray, *,
     if len(true_xy) == 0 or len(pred_xy) == 0:
         return _result(len(true_xy), len(pred_xy), 0, np.array([]), max_distance)
     if true_xy.shape[1] != pred_xy.shape[1]:
-        raise ValueError(f"true_xy and pred_xy must have the same number of coordinates, got "
-                         f"{true_xy.shape[1]} and {pred_xy.shape[1]}")
+        raise ValueError(
+            f"true_xy and pred_xy must have the same number of coordinates, got "
+            f"{true_xy.shape[1]} and {pred_xy.shape[1]}"
+        )
     from scipy.spatial import cKDTree
 
     neighbours = cKDTree(true_xy).query_ball_tree(cKDTree(pred_xy), max_distance)
@@ -177,5 +197,6 @@ def detection_f1(true_xy: np.ndarray, pred_xy: np.ndarray, *,
     cost[pair_t, pair_p] = np.linalg.norm(true_xy[pair_t] - pred_xy[pair_p], axis=1)
     rows, cols = linear_sum_assignment(cost)
     keep = cost[rows, cols] <= max_distance
-    return _result(len(true_xy), len(pred_xy), int(keep.sum()), cost[rows[keep], cols[keep]],
-                   max_distance)
+    return _result(
+        len(true_xy), len(pred_xy), int(keep.sum()), cost[rows[keep], cols[keep]], max_distance
+    )

@@ -97,7 +97,8 @@ def find_hierarchy(
     min_module_size
         Smaller modules are dissolved (their genes unassigned).
     n_seeds
-        Leiden seeds per resolution in the scan and at each level (consensus = medoid).
+        Leiden seeds per resolution in the scan and at each level (the best-quality
+        partition is kept).
     n_bootstrap
         Resamples of cells (with replacement) for module stability; 0 to skip.
     gene_sets
@@ -134,13 +135,12 @@ def find_hierarchy(
         params["selection"] = "n_modules" if n_modules is not None else f"n_levels={n_levels}"
         params["scan"] = scan.to_frame().round(6).to_dict(orient="list")
     else:
-        from .modules import _medoid
+        from .modules import _best_of_seeds
 
         g = _to_igraph(graph)
         seeds = rng.integers(0, 2**31 - 1, size=max(1, n_seeds))
-        partitions = [_medoid([_leiden(g, r, objective=objective, seed=int(s),
-                                       min_module_size=min_module_size, n_iterations=-1)
-                               for s in seeds]) for r in resolutions]
+        partitions = [_best_of_seeds(g, r, seeds, objective=objective,
+                                     min_module_size=min_module_size)[0] for r in resolutions]
         params["selection"] = "resolutions"
     hierarchy = build_hierarchy(partitions, genes, resolutions, params=params)
     empty = [i + 1 for i, n in enumerate(hierarchy.n_modules) if n == 0]

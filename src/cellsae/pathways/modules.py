@@ -86,7 +86,7 @@ def _partition_type(objective: str):
 
 
 def _leiden(g, resolution: float, *, objective: str, seed: int, min_module_size: int,
-            n_iterations: int) -> np.ndarray:
+            n_iterations: int, return_quality: bool = False):
     import leidenalg
 
     partition = leidenalg.find_partition(
@@ -96,7 +96,27 @@ def _leiden(g, resolution: float, *, objective: str, seed: int, min_module_size:
     labels = np.asarray(partition.membership, dtype=np.int64)
     counts = np.bincount(labels)
     labels = np.where(counts[labels] >= max(1, min_module_size), labels, UNASSIGNED)
-    return _relabel_by_size(labels)
+    labels = _relabel_by_size(labels)
+    return (labels, float(partition.quality())) if return_quality else labels
+
+
+def _best_of_seeds(g, resolution: float, seeds, *, objective: str,
+                   min_module_size: int) -> tuple[np.ndarray, float]:
+    """The highest-quality partition over Leiden seeds, and the seeds' agreement with it.
+
+    Leiden is a local optimiser: at low resolutions on dense graphs a seed can stop in a
+    poorer optimum, so the best objective value wins (not a vote). The agreement (mean
+    ARI of the other seeds' partitions with the best) measures how reproducible it is.
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    runs = [_leiden(g, resolution, objective=objective, seed=int(s),
+                    min_module_size=min_module_size, n_iterations=-1, return_quality=True)
+            for s in seeds]
+    best = int(np.argmax([q for _, q in runs]))
+    labels = runs[best][0]
+    others = [adjusted_rand_score(labels, r) for i, (r, _) in enumerate(runs) if i != best]
+    return labels, float(np.mean(others)) if others else 1.0
 
 
 def leiden_partition(graph: sparse.spmatrix, resolution: float, *, objective: str = "cpm",
@@ -140,30 +160,6 @@ def n_modules_of(labels: np.ndarray) -> int:
     return int(np.unique(labels[labels >= 0]).size)
 
 
-def _mean_pairwise_ari(partitions: list[np.ndarray]) -> float:
-    from sklearn.metrics import adjusted_rand_score
-
-    if len(partitions) < 2:
-        return 1.0
-    scores = [adjusted_rand_score(a, b) for i, a in enumerate(partitions)
-              for b in partitions[i + 1:]]
-    return float(np.mean(scores))
-
-
-def _medoid(partitions: list[np.ndarray]) -> np.ndarray:
-    """The partition that agrees best (mean ARI) with the others: a consensus over seeds."""
-    from sklearn.metrics import adjusted_rand_score
-
-    if len(partitions) == 1:
-        return partitions[0]
-    n = len(partitions)
-    agree = np.zeros((n, n))
-    for i in range(n):
-        for j in range(i + 1, n):
-            agree[i, j] = agree[j, i] = adjusted_rand_score(partitions[i], partitions[j])
-    return partitions[int(np.argmax(agree.sum(1)))]
-
-
 @dataclass
 class ResolutionScan:
     """Leiden over a grid of resolutions: module counts, seed stability, partitions.
@@ -172,8 +168,10 @@ class ResolutionScan:
     ----------
     resolutions : list of float
     n_modules : (n_resolutions,) int array, modules in the consensus partition
-    seed_stability : (n_resolutions,) float array, mean pairwise ARI across Leiden seeds
-    partitions : list of (n_genes,) int arrays, the consensus (medoid) partition per resolution
+    seed_stability : (n_resolutions,) float array, mean ARI of the other Leiden seeds'
+        partitions with the best one
+    partitions : list of (n_genes,) int arrays, the best partition (highest Leiden quality)
+        over seeds at each resolution
     """
 
     resolutions: list[float]
@@ -255,8 +253,8 @@ def scan_resolutions(graph: sparse.spmatrix, resolutions=None, *, objective: str
     objective
         ``"cpm"`` or ``"modularity"``, as in :func:`leiden_partition`.
     n_seeds
-        Leiden seeds per resolution; their agreement is the seed stability, and the
-        partition agreeing best with the others (the medoid) is kept.
+        Leiden seeds per resolution; the partition with the highest quality is kept and
+        the others' agreement with it is the seed stability.
     seed, min_module_size
         As in :func:`leiden_partition`.
     stop_unassigned
@@ -274,12 +272,11 @@ def scan_resolutions(graph: sparse.spmatrix, resolutions=None, *, objective: str
     partitions, counts, stability = [], [], []
     fragmented = 0
     for resolution in progress(resolutions, desc="resolution scan"):
-        runs = [_leiden(g, resolution, objective=objective, seed=int(s),
-                        min_module_size=min_module_size, n_iterations=-1) for s in seeds]
-        best = _medoid(runs)
+        best, agreement = _best_of_seeds(g, resolution, seeds, objective=objective,
+                                         min_module_size=min_module_size)
         partitions.append(best)
         counts.append(n_modules_of(best))
-        stability.append(_mean_pairwise_ari(runs))
+        stability.append(agreement)
         fragmented = fragmented + 1 if np.mean(best < 0) > stop_unassigned else 0
         if fragmented >= 2:
             break

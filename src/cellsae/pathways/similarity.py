@@ -80,7 +80,7 @@ def shrunk_correlation(x: np.ndarray, *, shrinkage: float | str = "auto") -> tup
     return corr, delta
 
 
-def gene_knn_graph(similarity: np.ndarray, *, k: int | None = 100, min_similarity: float = 0.1,
+def gene_knn_graph(similarity: np.ndarray, *, k: int | None = 100, min_similarity: float = 0.0,
                    power: float = 1.0) -> sparse.csr_matrix:
     """A weighted, symmetric k-nearest-neighbour graph of genes from a similarity matrix.
 

@@ -29,8 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CELLSAE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -88,11 +86,9 @@ def segmentation_figures() -> dict:
 
 def synthetic_figures(plates: Path | None, quick: bool, workdir: Path) -> dict:
     import pandas as pd
-    from scipy.spatial import cKDTree
 
     from cellsae.crops import read_h5sc
-    from cellsae.images import ingest
-    from cellsae.metrics.segmentation import detection_f1
+    from cellsae.images import ingest, score_ingestion
 
     out: dict = {}
     if plates is None:
@@ -123,32 +119,16 @@ def synthetic_figures(plates: Path | None, quick: bool, workdir: Path) -> dict:
     )
     seconds = time.perf_counter() - t0
     cpu_seconds = cpu() - cpu0
-    adata = read_h5sc(target)
-    obs = adata.obs
-    tp = fp = fn = 0
-    correct = []
-    for (plate, well, field), group in truth.groupby(["plate", "well", "field"]):
-        sel = obs[
-            (obs["plate"].astype(str) == str(plate))
-            & (obs["well"].astype(str) == well)
-            & (obs["field"] == field)
-        ]
-        xy_true = group[["x", "y"]].to_numpy(float)
-        xy = sel[["x", "y"]].to_numpy(float)
-        r = detection_f1(xy_true, xy, max_distance=5.0)
-        tp, fp, fn = tp + r.tp, fp + r.fp, fn + r.fn
-        if len(xy):
-            dist, nearest = cKDTree(xy_true).query(xy)
-            hit = dist <= 5.0
-            correct += list(sel["dead"].to_numpy()[hit] == group["dead"].to_numpy()[nearest[hit]])
+    obs = read_h5sc(target).obs
+    scores = score_ingestion(obs, truth, max_distance=5.0)
     n_fields = result.n_fields
     out.update(
-        synthetic_detection_f1=2 * tp / max(2 * tp + fp + fn, 1),
-        synthetic_detection_precision=tp / max(tp + fp, 1),
-        synthetic_detection_recall=tp / max(tp + fn, 1),
-        death_call_accuracy=float(np.mean(correct)) if correct else float("nan"),
-        synthetic_true_death_rate=float(truth["dead"].mean()),
-        synthetic_called_death_rate=float(obs["dead"].mean()),
+        synthetic_detection_f1=scores["detection_f1"],
+        synthetic_detection_precision=scores["detection_precision"],
+        synthetic_detection_recall=scores["detection_recall"],
+        death_call_accuracy=scores["death_call_accuracy"],
+        synthetic_true_death_rate=scores["true_death_rate"],
+        synthetic_called_death_rate=scores["called_death_rate"],
         synthetic_n_true_cells=int(len(truth)),
         synthetic_n_cells=int(result.n_cells),
         synthetic_n_fields=int(n_fields),

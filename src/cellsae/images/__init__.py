@@ -45,3 +45,4 @@ from .segmentation import (
     segment_nuclei,
 )
 from .toy import make_toy_field, make_toy_plate
+from .scoring import score_ingestion

@@ -1,0 +1,357 @@
+"""The pipeline's stage bodies. Each reads earlier stages' outputs from the run folder and
+writes its own into ``ctx.out``; numbers worth reporting go into ``ctx.metrics``.
+
+These are thin: every computation lives in the library (``images``, ``embed``, ``sae``,
+``tl``, ``align``, ``pathways``); a stage only wires files to functions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from ._utils import atomic_path, atomic_write_text
+from .pipeline import PipelineConfig, Stage, StageContext
+
+logger = logging.getLogger(__name__)
+
+
+def _outputs(ctx: StageContext, stage: str) -> Path:
+    path = ctx.run_dir / stage / "outputs"
+    if not path.exists():
+        raise FileNotFoundError(f"stage '{ctx.name}' needs the outputs of stage '{stage}', "
+                                f"which has not run in {ctx.run_dir} (run it, or give the "
+                                "matching inputs.* path in the config)")
+    return path
+
+
+def _write_h5ad(adata: ad.AnnData, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        adata.write_h5ad(tmp)
+
+
+def _json(path: Path, data) -> None:
+    from .pipeline import _jsonable
+
+    atomic_write_text(path, json.dumps(data, indent=1, default=_jsonable))
+
+
+def _world_dir(ctx: StageContext) -> Path | None:
+    if not ctx.config.world.enabled:
+        return None
+    return _outputs(ctx, "world")
+
+
+# -- world --------------------------------------------------------------------------------
+
+
+def stage_world(ctx: StageContext) -> None:
+    from .datasets import write_neuron_world, write_world_plates
+
+    w = ctx.config.world
+    kwargs = {"n_rna_cells": w.n_rna_cells, "design": w.design}
+    write_neuron_world(ctx.out, w.n_cells, seed=w.seed, crop_size=w.crop_size, **kwargs)
+    if w.plates:
+        write_world_plates(ctx.out / "plates", w.n_cells, seed=w.seed, crop_size=w.crop_size,
+                           max_cells=w.plate_cells, **kwargs)
+    cells = ad.read_h5ad(ctx.out / "cells.h5sc", backed="r")
+    ctx.metrics.update({"n_cells": cells.n_obs,
+                        "death_rate": float(np.mean(cells.obs["dead"].to_numpy()))})
+    cells.file.close()
+
+
+# -- ingest -------------------------------------------------------------------------------
+
+
+def stage_ingest(ctx: StageContext) -> None:
+    from .images import ingest
+
+    cfg = ctx.config
+    world = _world_dir(ctx)
+    plates_dir = cfg.inputs.plates_dir or (world / "plates" if world else None)
+    platemap = cfg.inputs.platemap or (world / "plates" / "platemap.csv" if world else None)
+    settings = dict(cfg.ingest.settings)
+    settings.setdefault("seed", cfg.run.seed)
+    result = ingest(plates_dir, ctx.out / "cells.h5sc", platemap=platemap, config=settings)
+    ctx.metrics.update({k: v for k, v in result.to_dict().items()
+                        if isinstance(v, int | float | str)})
+    if world is not None:
+        ctx.metrics.update(_score_ingest(ctx.out / "cells.h5sc", world / "plates"))
+
+
+def _score_ingest(cells_path: Path, plates: Path) -> dict:
+    """Detection F1 and death-call accuracy against the world's true positions."""
+    from .crops import read_h5sc
+    from .images import score_ingestion
+
+    truth = pd.read_csv(plates / "truth_positions.csv")
+    return score_ingestion(read_h5sc(cells_path).obs, truth)
+
+
+# -- embed --------------------------------------------------------------------------------
+
+
+def _crops_path(ctx: StageContext) -> Path:
+    cfg = ctx.config
+    if cfg.ingest.use_for_analysis and ctx.has("ingest"):
+        return _outputs(ctx, "ingest") / "cells.h5sc"
+    if cfg.inputs.crops is not None:
+        return Path(cfg.inputs.crops)
+    world = _world_dir(ctx)
+    if world is not None:
+        return world / "cells.h5sc"
+    if ctx.has("ingest"):
+        return _outputs(ctx, "ingest") / "cells.h5sc"
+    raise FileNotFoundError("no crops: set inputs.crops, or run ingest on inputs.plates_dir")
+
+
+def stage_embed(ctx: StageContext) -> None:
+    from .crops import CropStore, read_h5sc
+    from .embed import crop_statistics, extract, linear_probe, pixel_pca, train_encoder
+
+    cfg = ctx.config
+    crops_path = _crops_path(ctx)
+    cells = read_h5sc(crops_path)
+    store = CropStore(crops_path)
+    labels = cells.obs[cfg.inputs.label_key].astype(str).to_numpy()
+    donors = cells.obs[cfg.inputs.donor_key].astype(str).to_numpy()
+    train = {"epochs": 6, "batch_size": 128, **cfg.embed.train}
+    result = train_encoder(store, labels, donors=donors, split_mode=cfg.embed.split_mode,
+                           encoder=dict(cfg.embed.encoder), config=train,
+                           out_dir=ctx.checkpoint_dir, resume=True, device=cfg.run.device,
+                           seed=cfg.run.seed)
+    from .embed import save_encoder
+
+    save_encoder(result.model, ctx.out / "encoder.safetensors")
+    emb = extract(result.model, store, device=cfg.run.device)
+    x_cnn = emb.embeddings
+    ctx.metrics["extract_crops_per_s"] = float(emb.crops_per_s)
+    cells.obsm["X_cnn"] = x_cnn.astype(np.float32)
+    stats, stat_names = crop_statistics(store)
+    cells.obsm["X_measure"] = stats.astype(np.float32)
+    cells.uns["X_measure_names"] = list(stat_names)
+    cells.obs["split"] = result.split
+    fit = np.flatnonzero(np.isin(result.split, ("train", "val")))
+    cells.obsm["X_pixels"] = pixel_pca(store, fit, n_components=50, seed=cfg.run.seed
+                                       ).astype(np.float32)
+    test = result.split == "test"
+    probes = {}
+    for name, key in (("cnn", "X_cnn"), ("measure", "X_measure"), ("pixels", "X_pixels")):
+        res = linear_probe(cells.obsm[key][~test], labels[~test], cells.obsm[key][test],
+                           labels[test], groups_test=donors[test])
+        probes[name] = res
+        ctx.metrics[f"probe_acc_{name}"] = float(res.accuracy)
+    cells.uns["probe"] = {name: res.to_dict() for name, res in probes.items()}
+    cells.uns["encoder_training"] = result.to_dict()
+    ctx.metrics["train_crops_per_s"] = float(result.train_crops_per_s)
+    ctx.metrics["best_val_acc"] = float(result.best_val_acc)
+    cells.uns.pop("h5sc_path", None)
+    cells.uns["crops_path"] = str(Path(crops_path).resolve())
+    _write_h5ad(cells, ctx.out / "cells.h5ad")
+
+
+def _embedded_cells(ctx: StageContext) -> ad.AnnData:
+    cfg = ctx.config
+    if cfg.inputs.embeddings is not None:
+        cells = ad.read_h5ad(cfg.inputs.embeddings)
+        if cfg.inputs.embeddings_key not in cells.obsm:
+            raise KeyError(f"'{cfg.inputs.embeddings}' has no obsm['{cfg.inputs.embeddings_key}']; "
+                           f"available: {list(cells.obsm)}")
+        cells.obsm["X_cnn"] = np.asarray(cells.obsm[cfg.inputs.embeddings_key], np.float32)
+        return cells
+    return ad.read_h5ad(_outputs(ctx, "embed") / "cells.h5ad")
+
+
+# -- sae ----------------------------------------------------------------------------------
+
+
+def stage_sae(ctx: StageContext) -> None:
+    from . import sae as sae_mod
+    from .tl import sae_encode
+
+    cfg = ctx.config
+    cells = _embedded_cells(ctx)
+    x = np.asarray(cells.obsm["X_cnn"], np.float32)
+    if cfg.inputs.sae_checkpoint is not None:
+        model = sae_mod.load(cfg.inputs.sae_checkpoint)
+    else:
+        s = cfg.sae
+        model = sae_mod.train(x, s.arch, s.d_sae, s.k, preset=s.preset, n_epochs=s.n_epochs,
+                              seed=cfg.run.seed, device=cfg.run.device,
+                              checkpoint_dir=ctx.checkpoint_dir, resume="auto"
+                              if False else None, **s.settings)
+    model.save(ctx.out / "sae.safetensors")
+    report = sae_mod.evaluate(model, x)
+    ctx.metrics.update({k: v for k, v in report.to_dict().items()
+                        if isinstance(v, int | float)})
+    latents = sae_encode(cells, model, use_rep="X_cnn")
+    cells.obsm["X_sae"] = latents.X
+    _write_h5ad(latents, ctx.out / "latents.h5ad")
+
+
+# -- analyze ------------------------------------------------------------------------------
+
+
+def stage_analyze(ctx: StageContext) -> None:
+    from . import tl
+
+    cfg = ctx.config
+    a = cfg.analyze
+    raw = ad.read_h5ad(_outputs(ctx, "sae") / "latents.h5ad")
+    adata = tl.latents_anndata(raw)
+    for key in ("X_cnn", "X_measure", "X_pixels", "factors"):
+        if key in raw.obsm:
+            adata.obsm[key] = raw.obsm[key]
+    tl.pca_latents(adata, n_comps=min(50, adata.n_vars - 1), seed=cfg.run.seed)
+    adata.obsm["X_sae"] = adata.obsm["X_pca"]
+    tl.cluster_latents(adata, n_neighbors=a.n_neighbors, resolution=a.leiden_resolution,
+                       seed=cfg.run.seed)
+    label = cfg.inputs.label_key
+    healthy = "healthy" if "healthy" in set(adata.obs[label].astype(str)) else None
+    root_group = {label: healthy} if healthy else None
+    phenotype = cfg.inputs.phenotype_key
+    tl.pseudotime(adata, root_group=root_group,
+                  live_key=phenotype if phenotype in adata.obs else None)
+    de_sae = tl.differential_features(adata, label, reference=healthy or "rest",
+                                      alpha=a.differential_alpha)
+    de_cnn = tl.differential_features(adata, label, reference=healthy or "rest",
+                                      use_rep="X_cnn", alpha=a.differential_alpha,
+                                      key_added="differential_cnn")
+    ctx.metrics["de_features_sae"] = int(tl.count_significant(de_sae, alpha=a.differential_alpha))
+    ctx.metrics["de_features_cnn"] = int(tl.count_significant(de_cnn, alpha=a.differential_alpha))
+    de_sae.to_csv(ctx.out / "differential_sae.csv", index=False)
+    if phenotype in adata.obs:
+        reps = [r for r in ("X_cnn", "X_sae", "X_measure") if r in adata.obsm]
+        table = tl.compare_representations(adata, reps=reps, phenotype=phenotype,
+                                           groupby=label, k=a.knn_k, n_seeds=a.n_seeds,
+                                           factors="factors" if "factors" in adata.obsm else None)
+        table.to_csv(ctx.out / "geometry.csv")
+    if "t" in adata.obs and "dpt_pseudotime" in adata.obs:
+        from scipy.stats import spearmanr
+
+        ctx.metrics["dpt_t_spearman"] = float(spearmanr(adata.obs["dpt_pseudotime"],
+                                                        adata.obs["t"]).statistic)
+    if "factors" in adata.obsm:
+        from .metrics import match_factors
+
+        for rep in ("X_cnn", "X_sae"):
+            source = adata.obsm[rep] if rep == "X_cnn" else adata.layers.get("activations", adata.X)
+            m = match_factors(source, np.asarray(adata.obsm["factors"]))
+            ctx.metrics[f"factor_mcc_{rep[2:]}"] = float(m.mcc)
+    _write_h5ad(adata, ctx.out / "latents.h5ad")
+
+
+# -- align --------------------------------------------------------------------------------
+
+
+def _rna(ctx: StageContext) -> ad.AnnData:
+    cfg = ctx.config
+    if cfg.inputs.rna is not None:
+        return ad.read_h5ad(cfg.inputs.rna)
+    world = _world_dir(ctx)
+    if world is None:
+        raise FileNotFoundError("no scRNA-seq input: set inputs.rna")
+    return ad.read_h5ad(world / "rna.h5ad")
+
+
+def stage_align(ctx: StageContext) -> None:
+    from . import tl
+
+    cfg = ctx.config
+    cells = ad.read_h5ad(_outputs(ctx, "analyze") / "latents.h5ad")
+    rna = _rna(ctx)
+    settings = {"seed": cfg.run.seed, **cfg.align.settings}
+    result = tl.gw_map(cells, rna, use_rep="X_sae", **settings)
+    result.save(ctx.out / "gw")
+    label = cfg.inputs.label_key
+    if label in rna.obs and label in cells.obs:
+        for method in ("argmax", "barycentric"):
+            ctx.metrics[f"label_transfer_{method}"] = float(result.label_transfer_accuracy(
+                rna.obs[label].astype(str).to_numpy(), cells.obs[label].astype(str).to_numpy(),
+                method=method))
+    if "rna_index" in cells.obs and (cells.obs["rna_index"] >= 0).all():
+        ctx.metrics["foscttm"] = float(result.foscttm(cells.obs["rna_index"].to_numpy()))
+    imputed = tl.gw_impute(cells, rna, result) if hasattr(tl, "gw_impute") else None
+    if imputed is not None:
+        _write_h5ad(imputed, ctx.out / "imputed.h5ad")
+    _write_h5ad(cells, ctx.out / "cells.h5ad")
+
+
+# -- pathways -----------------------------------------------------------------------------
+
+
+def stage_pathways(ctx: StageContext) -> None:
+    from . import tl
+
+    cfg = ctx.config
+    align_out = _outputs(ctx, "align")
+    expr_path = align_out / "imputed.h5ad"
+    expr = ad.read_h5ad(expr_path) if expr_path.exists() else _rna(ctx)
+    settings = {"seed": cfg.run.seed, **cfg.pathways.settings}
+    if cfg.inputs.gmt is not None:
+        from .pathways import read_gmt
+
+        settings["gene_sets"] = read_gmt(cfg.inputs.gmt)
+    tl.gene_modules(expr, **settings)
+    hierarchy = tl.get_hierarchy(expr)
+    hierarchy.save(ctx.out / "hierarchy.json")
+    ctx.metrics["n_levels"] = len(hierarchy.levels) if hasattr(hierarchy, "levels") else None
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def stage_report(ctx: StageContext) -> None:
+    from .report.pipeline_report import build_report
+
+    build_report(ctx)
+
+
+def default_stages() -> list[Stage]:
+    def section(name):
+        return lambda cfg: getattr(cfg, name).model_dump(mode="json")
+
+    def with_inputs(*names):
+        def params(cfg: PipelineConfig) -> dict:
+            return {"inputs": {n: str(getattr(cfg.inputs, n)) for n in names},
+                    "run_seed": cfg.run.seed}
+        return params
+
+    def merge(*fns):
+        return lambda cfg: {k: v for fn in fns for k, v in fn(cfg).items()}
+
+    return [
+        Stage("world", stage_world, (), section("world"), lambda c: c.world.enabled),
+        Stage("ingest", stage_ingest, ("world",),
+              merge(section("ingest"), with_inputs("plates_dir", "platemap")),
+              lambda c: c.ingest.enabled and (c.world.plates or c.inputs.plates_dir is not None),
+              lambda c: [p for p in (c.inputs.platemap,) if p]),
+        Stage("embed", stage_embed, ("world", "ingest"),
+              merge(section("embed"), with_inputs("crops", "label_key", "donor_key"),
+                    lambda c: {"device": c.run.device}),
+              lambda c: c.embed.enabled and c.inputs.embeddings is None,
+              lambda c: [p for p in (c.inputs.crops,) if p]),
+        Stage("sae", stage_sae, ("embed",),
+              merge(section("sae"), with_inputs("embeddings", "embeddings_key", "sae_checkpoint")),
+              lambda c: c.sae.enabled,
+              lambda c: [p for p in (c.inputs.embeddings, c.inputs.sae_checkpoint) if p]),
+        Stage("analyze", stage_analyze, ("sae",),
+              merge(section("analyze"), with_inputs("label_key", "phenotype_key")),
+              lambda c: c.analyze.enabled),
+        Stage("align", stage_align, ("analyze", "world"),
+              merge(section("align"), with_inputs("rna", "label_key")),
+              lambda c: c.align.enabled,
+              lambda c: [p for p in (c.inputs.rna,) if p]),
+        Stage("pathways", stage_pathways, ("align",),
+              merge(section("pathways"), with_inputs("gmt")),
+              lambda c: c.pathways.enabled,
+              lambda c: [p for p in (c.inputs.gmt,) if p]),
+        Stage("report", stage_report,
+              ("world", "ingest", "embed", "sae", "analyze", "align", "pathways"),
+              merge(section("report"), section("run")), lambda c: c.report.enabled),
+    ]

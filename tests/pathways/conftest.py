@@ -53,3 +53,9 @@ def planted_hierarchy(rng: np.random.Generator, *, n_cells: int = 400, genes_per
 @pytest.fixture
 def planted(rng):
     return planted_hierarchy(rng)
+
+
+@pytest.fixture(scope="session")
+def make_planted():
+    """The generator itself, for tests that need other sizes."""
+    return planted_hierarchy

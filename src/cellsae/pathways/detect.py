@@ -116,6 +116,8 @@ def find_hierarchy(
     rng = as_rng(seed)
     if resolutions is not None:
         resolutions = check_resolutions(resolutions)
+    if n_modules is not None:
+        n_modules = _check_counts(n_modules)
     correlation, delta = shrunk_correlation(x, shrinkage=shrinkage)
     graph = gene_knn_graph(correlation, k=k, min_similarity=min_similarity)
     params = {"objective": objective, "k": k, "min_similarity": min_similarity,
@@ -161,14 +163,20 @@ def find_hierarchy(
     return hierarchy
 
 
-def _levels_for_counts(scan, targets: Sequence[int]) -> list[int]:
-    """For each target module count, the best plateau with the nearest count."""
+def _check_counts(targets) -> list[int]:
     try:
         targets = [int(t) for t in targets]
     except (TypeError, ValueError):
         raise ValueError(f"n_modules must be a list of ints, got {targets!r}") from None
-    if any(b <= a for a, b in zip(targets, targets[1:], strict=False)) or min(targets) < 1:
+    if (not targets or any(b <= a for a, b in zip(targets, targets[1:], strict=False))
+            or min(targets) < 1):
         raise ValueError(f"n_modules must be positive and strictly increasing, got {targets}")
+    return targets
+
+
+def _levels_for_counts(scan, targets: Sequence[int]) -> list[int]:
+    """For each target module count, the best plateau with the nearest count."""
+    targets = _check_counts(targets)
     table = scan.plateaus()
     indices = []
     for target in targets:

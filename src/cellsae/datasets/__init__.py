@@ -2,3 +2,6 @@
 
 Each module appends its public names below (one import line per module).
 """
+from .world import GENOTYPES, FACTOR_NAMES, NeuronWorld, WorldTruth, neuron_world, write_neuron_world
+from .plates import write_world_plates
+from .toy import ToySuperposition, toy_superposition

@@ -8,6 +8,8 @@ Active latents are held as a CSR structure ``(crow, cols, vals)`` over the batch
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -34,8 +36,10 @@ class _GatherPreacts(torch.autograd.Function):
         d_sae = W_enc.shape[0]
         grad_W = grad_b = grad_bdec = None
         if ctx.needs_input_grad[2]:
-            structure = torch.sparse_csr_tensor(crow, cols, grad, (ctx.batch, d_sae),
-                                                check_invariants=False)
+            with warnings.catch_warnings():  # torch flags the whole CSR API as beta
+                warnings.simplefilter("ignore", UserWarning)
+                structure = torch.sparse_csr_tensor(crow, cols, grad, (ctx.batch, d_sae),
+                                                    check_invariants=False)
             grad_W = (structure.t() @ x_centered.float()).to(W_enc.dtype)
         if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
             grad_b = torch.zeros(d_sae, dtype=grad.dtype, device=grad.device)

@@ -34,6 +34,7 @@ class BatchTopKSAE(TopKSAE):
             raise ValueError(f"threshold_decay must be in [0, 1), got {threshold_decay}")
         self.threshold_decay = float(threshold_decay)
         self.register_buffer("threshold", torch.full((), -1.0))  # -1: not yet estimated
+        self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.int64))
 
     def hparams(self):
         return {**super().hparams(), "threshold_decay": self.threshold_decay}
@@ -54,11 +55,12 @@ class BatchTopKSAE(TopKSAE):
             rows = torch.repeat_interleave(torch.arange(pre.shape[0], device=pre.device),
                                            crow[1:] - crow[:-1], output_size=cols.numel())
             smallest = pre[rows, cols].min().float()
-            if float(self.threshold) < 0:
-                self.threshold.copy_(smallest)
-            else:
-                self.threshold.mul_(self.threshold_decay).add_(
-                    (1 - self.threshold_decay) * smallest)
+            # Running average whose decay grows from 0.1 to threshold_decay, so the crude
+            # estimates of the first steps are soon forgotten.
+            n = int(self.threshold_updates)
+            decay = 0.0 if n == 0 else min(self.threshold_decay, (1 + n) / (10 + n))
+            self.threshold.mul_(decay).add_((1 - decay) * smallest)
+            self.threshold_updates.add_(1)
         return crow, cols
 
     def training_forward(self, x: torch.Tensor, ctx: LossContext) -> StepOutput:

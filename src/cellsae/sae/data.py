@@ -49,7 +49,8 @@ class ArraySource:
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` as a C-contiguous float32 array."""
-        return np.ascontiguousarray(self.array[start:stop], dtype=np.float32)
+        block = np.ascontiguousarray(self.array[start:stop], dtype=np.float32)
+        return block if block.flags.writeable else block.copy()
 
     def check_block(self, block: np.ndarray, offset: int) -> None:
         """Raise a ValueError naming the first row (global index) with NaN or Inf."""

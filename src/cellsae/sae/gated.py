@@ -104,8 +104,8 @@ class GatedSAE(SAE):
         active = codes.detach() > 0
         return StepOutput(loss=loss, x_hat=x_hat, fired=active.any(0),
                           l0=float(active.sum(1).float().mean()),
-                          parts={"recon": float(recon), "sparsity": float(sparsity),
-                                 "aux": float(aux) if aux is not None else 0.0})
+                          parts={"recon": float(recon.detach()), "sparsity": float(sparsity.detach()),
+                                 "aux": float(aux.detach()) if aux is not None else 0.0})
 
     def _encoder_weight_for(self, bias_name):
         return self.W_enc

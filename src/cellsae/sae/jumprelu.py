@@ -106,6 +106,6 @@ class JumpReLUSAE(SAE):
         if aux is not None:
             loss = loss + aux
         active = codes.detach() > 0
-        return StepOutput(loss=loss, x_hat=x_hat, fired=active.any(0), l0=float(l0),
-                          parts={"recon": float(recon),
-                                 "aux": float(aux) if aux is not None else 0.0})
+        return StepOutput(loss=loss, x_hat=x_hat, fired=active.any(0), l0=float(l0.detach()),
+                          parts={"recon": float(recon.detach()),
+                                 "aux": float(aux.detach()) if aux is not None else 0.0})

@@ -69,6 +69,6 @@ class MatryoshkaSAE(BatchTopKSAE):
         active = vals.detach() > 0
         return StepOutput(loss=loss, x_hat=x_hat, fired=self._fired_from_cols(cols, vals),
                           l0=float(active.sum()) / x.shape[0],
-                          parts={"recon": float(recon),
-                                 "recon_first_prefix": float(prefix_losses[0]),
-                                 "aux": float(aux) if aux is not None else 0.0})
+                          parts={"recon": float(recon.detach()),
+                                 "recon_first_prefix": float(prefix_losses[0].detach()),
+                                 "aux": float(aux.detach()) if aux is not None else 0.0})

@@ -38,7 +38,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         pre_bias=False, l2_normalise_inputs=True, center=False, scale=False,
         lr=3e-4, weight_decay=1e-4, grad_clip=1.0, lr_warmup=0.1, lr_decay="cosine",
         sparsity_delay=100, sparsity_warmup=0.1, aux_alpha=1 / 32, k_aux=32,
-        dead_threshold=5e-4, decoder_bias_init="zero",
+        decoder_bias_init="zero",
     ),
 }
 

@@ -43,5 +43,5 @@ class ReluSAE(SAE):
         active = codes.detach() > 0
         return StepOutput(loss=loss, x_hat=x_hat, fired=active.any(0),
                           l0=float(active.sum(1).float().mean()),
-                          parts={"recon": float(recon), "sparsity": float(sparsity),
-                                 "aux": float(aux) if aux is not None else 0.0})
+                          parts={"recon": float(recon.detach()), "sparsity": float(sparsity.detach()),
+                                 "aux": float(aux.detach()) if aux is not None else 0.0})

@@ -49,5 +49,5 @@ class TopKSAE(SAE):
         active = vals.detach() > 0
         return StepOutput(loss=loss, x_hat=x_hat, fired=self._fired_from_cols(cols, vals),
                           l0=float(active.sum()) / x.shape[0],
-                          parts={"recon": float(recon),
-                                 "aux": float(aux) if aux is not None else 0.0})
+                          parts={"recon": float(recon.detach()),
+                                 "aux": float(aux.detach()) if aux is not None else 0.0})

@@ -223,7 +223,7 @@ class _Run:
             self.samples_since_fired[out.fired] = 0
             total_var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
             recon = out.parts.get("recon", float("nan"))
-            loss = float(out.loss)
+            loss = float(out.loss.detach())
         self.step += 1
         metrics = {"loss": loss, "fvu": recon / float(total_var), "l0": out.l0,
                    "dead": float((self.samples_since_fired > self.dead_window).float().mean()),

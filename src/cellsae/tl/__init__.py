@@ -6,3 +6,5 @@ from .latents import latents_anndata, latent_stats, pca_latents, cluster_latents
 from .differential import rank_features, pseudobulk_test, differential_features, count_significant, benjamini_hochberg
 from .annotate import annotate_latents, top_cells
 from .compare import compare_representations
+from .pathways import gene_modules, get_hierarchy, module_scores, map_module_scores, module_latent_correlation
+from .sae import sae_encode

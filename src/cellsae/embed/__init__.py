@@ -16,6 +16,7 @@
 from .augment import AugmentConfig, augment
 from .base import Encoder, build_encoder, encoder_names, renorm_unit_per_out_channel_
 from .evaluate import (ProbeResult, crop_statistics, linear_probe, measurement_features,
+                       segmented_measurements,
                        pixel_pca, probe_split)
 from .io import load_encoder, save_encoder
 from .resnet import ResNetEncoder, resnet_paper
@@ -28,5 +29,6 @@ __all__ = [
     "TrainResult", "ViTEncoder", "augment", "build_encoder", "check_split", "crop_statistics",
     "encoder_names", "linear_probe", "load_encoder", "make_split", "measurement_features",
     "pixel_pca", "probe_split", "renorm_unit_per_out_channel_", "resnet_paper", "save_encoder",
+    "segmented_measurements",
     "split_cells", "split_groups", "train_encoder",
 ]

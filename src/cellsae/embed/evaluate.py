@@ -187,24 +187,90 @@ def crop_statistics(crops, *, batch_size: int = 512) -> tuple[np.ndarray, list[s
     return out.reshape(n, -1), names
 
 
-def measurement_features(crops, **kwargs) -> tuple[np.ndarray, list[str]]:
-    """Hand-crafted measurements of each crop.
+def segmented_measurements(crops, *, channel_names=None, nucleus_channel: str | None = None,
+                           cytoplasm_channels=None, batch_size: int = 256
+                           ) -> tuple[np.ndarray, list[str]]:
+    """Hand-crafted measurements of the central cell of each crop, via ``cellsae.images``.
 
-    Uses ``cellsae.images.measure_crops`` when that module provides it, otherwise
-    :func:`crop_statistics`.
+    Each crop is segmented like a small field (nucleus from the nuclear channel, the cell
+    grown from it over the other channels), the nucleus at the centre (else the largest)
+    is kept, and :func:`cellsae.images.measure_cells` measures shape, intensity, texture
+    and puncta. Crops where no nucleus is found get zeros.
+
+    Parameters
+    ----------
+    crops : (n, C, H, W) array, CropStore, .h5sc path or AnnData with crops.
+    channel_names : the C channel names (default: the store's).
+    nucleus_channel : the nuclear stain (default: a channel named ``nucleus``/``dapi``/
+        ``hoechst``, else the third channel).
+    cytoplasm_channels : channels summed to find the cell body (default: all others).
+
+    Returns
+    -------
+    features : (n, F) float32.
+    names : the F feature names.
     """
-    try:
-        from ..images import measure_crops  # type: ignore[attr-defined]
-    except ImportError:
-        measure_crops = None
-    if measure_crops is not None:
-        from ._data import as_crop_store
+    from ..images import measure_cells, segment_cells, segment_nuclei
+    from ._data import as_crop_store
 
-        store = as_crop_store(crops)
-        result = measure_crops(store[:], channel_names=store.channel_names, **kwargs)
-        if isinstance(result, tuple):
-            return np.asarray(result[0], np.float32), list(result[1])
-        return np.asarray(result.to_numpy(), np.float32), [str(c) for c in result.columns]
+    store = as_crop_store(crops)
+    names = list(channel_names or store.channel_names)
+    if nucleus_channel is None:
+        lowered = [c.lower() for c in names]
+        hits = [i for i, c in enumerate(lowered) if c in ("nucleus", "nuclei", "dapi", "hoechst")]
+        nuc_i = hits[0] if hits else min(2, len(names) - 1)
+    else:
+        nuc_i = names.index(nucleus_channel)
+    cyto = [i for i, c in enumerate(names)
+            if (c in cytoplasm_channels if cytoplasm_channels else i != nuc_i)]
+    rows: list[np.ndarray | None] = []
+    feature_names: list[str] | None = None
+    n = len(store)
+    for start in range(0, n, batch_size):
+        for crop in store[start:start + batch_size]:
+            nuc = segment_nuclei(crop[nuc_i])
+            h, w = nuc.shape
+            k = int(nuc[h // 2, w // 2])
+            if k == 0 and nuc.max() > 0:
+                k = int(np.bincount(nuc.ravel())[1:].argmax() + 1)
+            if k == 0:
+                rows.append(None)
+                continue
+            one = (nuc == k).astype(np.int32)
+            cell = segment_cells(one, crop[cyto].sum(0) if cyto else None)
+            f, feature_names = measure_cells(crop, one, cell, names, labels=[1])
+            rows.append(f[0])
+    if feature_names is None:
+        raise ValueError("no nucleus was found in any crop; check the nuclear channel "
+                         f"(used {names[nuc_i]!r})")
+    width = len(feature_names)
+    out = np.stack([r if r is not None else np.zeros(width, np.float32) for r in rows])
+    missing = sum(r is None for r in rows)
+    if missing:
+        logger.warning("no nucleus found in %d of %d crops; their measurements are zeros",
+                       missing, n)
+    return out.astype(np.float32), list(feature_names)
+
+
+def measurement_features(crops, *, method: str = "auto", **kwargs
+                         ) -> tuple[np.ndarray, list[str]]:
+    """Hand-crafted measurements of each crop, for the baseline probe.
+
+    ``method="segment"`` uses :func:`segmented_measurements` (``cellsae.images``),
+    ``"statistics"`` uses :func:`crop_statistics`; ``"auto"`` picks ``segment`` when
+    ``cellsae.images`` provides it.
+    """
+    if method not in ("auto", "segment", "statistics"):
+        raise ValueError(f"method must be 'auto', 'segment' or 'statistics', got {method!r}")
+    if method == "auto":
+        try:
+            from ..images import measure_cells  # noqa: F401
+
+            method = "segment"
+        except ImportError:
+            method = "statistics"
+    if method == "segment":
+        return segmented_measurements(crops, **kwargs)
     return crop_statistics(crops, **kwargs)
 
 

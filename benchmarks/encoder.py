@@ -1,0 +1,150 @@
+"""Encoder benchmark on the synthetic neuron world.
+
+Held-out-donor genotype accuracy of a linear probe (logistic regression) on three
+representations of the same cells:
+
+- ``cnn``: the pooled embedding of a CNN trained with ``cellsae.embed.train_encoder`` on
+  the training donors only,
+- ``measure``: hand-crafted measurements (``segment``: each crop segmented and measured
+  with ``cellsae.images``; ``statistics``: simple per-channel crop statistics),
+- ``pixels``: PCA of the raw pixels, fitted on the training donors.
+
+Donor folds: the world has several donors per genotype; fold f holds out the f-th donor of
+every genotype as the test set and trains the CNN and every probe on the others, so test
+donors are never seen. Also reported: training and extraction throughput (crops/s) on
+the device used.
+
+Usage::
+
+    python benchmarks/encoder.py --quick            # < 60 s on 2 cores
+    python benchmarks/encoder.py --out results.json # 2000 cells, all donor folds
+
+The last line printed is one JSON object of flat figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small run, under 60 s on 2 cores")
+    ap.add_argument("--out", type=Path, help="also write the JSON figures here")
+    ap.add_argument("--n-cells", type=int, default=None)
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--objective", default="supervised", choices=["supervised", "moco", "supcon"])
+    ap.add_argument("--folds", type=int, default=None, help="donor folds (default: all; quick: 1)")
+    ap.add_argument("--measure", default=None, choices=["segment", "statistics"],
+                    help="hand-crafted baseline (default: segment; quick: statistics)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    import torch
+
+    from cellsae.crops import CROPS_KEY
+    from cellsae.datasets.world import neuron_world
+    from cellsae.embed import (measurement_features, pixel_pca, probe_split,
+                               train_encoder)
+    from cellsae.embed.extract import extract
+
+    t_start = time.perf_counter()
+    n_cells = args.n_cells or (900 if args.quick else 2000)
+    measure_method = args.measure or ("statistics" if args.quick else "segment")
+    config = {"objective": args.objective, "patience": None}
+    if args.epochs is not None:
+        config["epochs"] = args.epochs
+    elif args.quick:
+        config["epochs"] = 4
+
+    world = neuron_world(n_cells=n_cells, seed=args.seed, crop_size=64)
+    cells = world.cells
+    crops = np.asarray(cells.obsm[CROPS_KEY])
+    genotype = cells.obs["genotype"].astype(str).to_numpy()
+    donor = cells.obs["donor"].astype(str).to_numpy()
+    channel_names = list(cells.uns[CROPS_KEY]["channel_names"])
+    t_world = time.perf_counter() - t_start
+
+    t0 = time.perf_counter()
+    measure, _ = measurement_features(crops, method=measure_method, channel_names=channel_names) \
+        if measure_method == "segment" else measurement_features(crops, method="statistics")
+    t_measure = time.perf_counter() - t0
+
+    donors_of = {g: sorted(set(donor[genotype == g])) for g in sorted(set(genotype))}
+    n_folds_max = min(len(v) for v in donors_of.values())
+    n_folds = min(args.folds or (1 if args.quick else n_folds_max), n_folds_max)
+    scores = {"cnn": [], "measure": [], "pixels": []}
+    balanced = {"cnn": [], "measure": [], "pixels": []}
+    worst_donor = []
+    train_rates, extract_rates, train_seconds = [], [], []
+    device = None
+    for fold in range(n_folds):
+        test_donors = {v[fold] for v in donors_of.values()}
+        split = np.where(np.isin(donor, list(test_donors)), "test", "train")
+        t0 = time.perf_counter()
+        result = train_encoder(crops, genotype, donors=donor, split=split, config=config,
+                               device=args.device, seed=args.seed + fold)
+        train_seconds.append(time.perf_counter() - t0)
+        train_rates.append(result.train_crops_per_s)
+        ext = extract(result.model, crops, device=args.device)
+        extract_rates.append(ext.crops_per_s)
+        device = str(next(result.model.parameters()).device) if device is None else device
+        pixels = pixel_pca(crops, np.flatnonzero(split == "train"), n_components=50,
+                           seed=args.seed)
+        for name, rep in (("cnn", ext.embeddings), ("measure", measure), ("pixels", pixels)):
+            res = probe_split(rep, genotype, split, groups=donor, train_parts=("train",))
+            scores[name].append(res.accuracy)
+            balanced[name].append(res.balanced_accuracy)
+            if name == "cnn":
+                worst_donor.append(min(res.per_group_accuracy.values()))
+                confusion = res.confusion.tolist()
+                classes = [str(c) for c in res.classes]
+
+    figures = {
+        "probe_acc_cnn": float(np.mean(scores["cnn"])),
+        "probe_acc_measure": float(np.mean(scores["measure"])),
+        "probe_acc_pixels": float(np.mean(scores["pixels"])),
+        "probe_acc_cnn_sd": float(np.std(scores["cnn"])),
+        "probe_acc_measure_sd": float(np.std(scores["measure"])),
+        "probe_acc_pixels_sd": float(np.std(scores["pixels"])),
+        "probe_balanced_acc_cnn": float(np.mean(balanced["cnn"])),
+        "probe_balanced_acc_measure": float(np.mean(balanced["measure"])),
+        "probe_balanced_acc_pixels": float(np.mean(balanced["pixels"])),
+        "probe_acc_cnn_worst_test_donor": float(np.mean(worst_donor)),
+        "cnn_beats_measure": bool(np.mean(scores["cnn"]) > np.mean(scores["measure"])),
+        "cnn_beats_pixels": bool(np.mean(scores["cnn"]) > np.mean(scores["pixels"])),
+        "train_crops_per_s": float(np.mean(train_rates)),
+        "extract_crops_per_s": float(np.mean(extract_rates)),
+        "train_seconds_per_fold": float(np.mean(train_seconds)),
+        "measure_seconds": t_measure,
+        "world_seconds": t_world,
+        "n_cells": n_cells,
+        "n_folds": n_folds,
+        "epochs": int(result.config["epochs"]),
+        "objective": args.objective,
+        "measure_method": measure_method,
+        "device": "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "chance_acc": float(1 / len(donors_of)),
+        "total_seconds": time.perf_counter() - t_start,
+    }
+    print(f"last fold confusion (rows true {classes}): {confusion}", file=sys.stderr)
+    line = json.dumps(figures)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(line + "\n")
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -53,8 +53,7 @@ def main(argv=None) -> int:
 
     from cellsae.crops import CROPS_KEY
     from cellsae.datasets.world import neuron_world
-    from cellsae.embed import (measurement_features, pixel_pca, probe_split,
-                               train_encoder)
+    from cellsae.embed import measurement_features, pixel_pca, probe_split, train_encoder
     from cellsae.embed.extract import extract
 
     t_start = time.perf_counter()

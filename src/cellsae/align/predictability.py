@@ -1,0 +1,113 @@
+"""Which genes can images predict? Cross-validated R² of imputed expression from image
+features, against a permutation null, with Benjamini–Hochberg FDR."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .._utils import as_rng
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["benjamini_hochberg", "gene_predictability"]
+
+
+def benjamini_hochberg(pvalues: np.ndarray) -> np.ndarray:
+    """BH-adjusted p-values (q-values), same shape as ``pvalues``."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    n = p.size
+    if n == 0:
+        return p
+    order = np.argsort(p)
+    ranked = p[order] * n / np.arange(1, n + 1)
+    q = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(n)
+    out[order] = np.minimum(q, 1.0)
+    return out
+
+
+def _cv_r2(x: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
+           alphas: np.ndarray) -> np.ndarray:
+    """Out-of-fold R² per column of ``y`` for ridge regression (alpha chosen by GCV)."""
+    from sklearn.linear_model import RidgeCV
+
+    pred = np.empty_like(y)
+    for train, test in folds:
+        model = RidgeCV(alphas=alphas).fit(x[train], y[train])
+        pred[test] = model.predict(x[test])
+    ss_res = ((y - pred) ** 2).sum(0)
+    ss_tot = ((y - y.mean(0)) ** 2).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r2 = 1 - ss_res / ss_tot
+    return np.where(ss_tot > 0, r2, np.nan)
+
+
+def gene_predictability(image_rep, imputed, *, gene_names=None, n_splits: int = 5,
+                        n_permutations: int = 50, fdr: float = 0.05, seed=0,
+                        groups=None):
+    """Per gene, how well image features predict the expression imputed onto image cells.
+
+    Parameters
+    ----------
+    image_rep : (n_cells, d) array
+        Image features of the source cells (e.g. PCA of SAE latents).
+    imputed : (n_cells, n_genes) array
+        Expression imputed on the same cells (``GWResult.impute``).
+    gene_names : sequence of str, optional
+    n_splits : int
+        Cross-validation folds (grouped by ``groups`` when given, e.g. donor or plate,
+        so near-duplicate cells do not leak between train and test).
+    n_permutations : int
+        Row permutations of ``imputed`` for the null; each gene's p-value is
+        ``(1 + #{null R² >= observed}) / (1 + n_permutations)``.
+    fdr : float
+        BH level at which a gene is called predictable.
+
+    Returns
+    -------
+    pandas.DataFrame indexed by gene with ``r2``, ``null_mean``, ``null_sd``, ``pvalue``,
+    ``qvalue`` and ``predictable`` (bool), sorted by ``r2`` descending.
+    """
+    import pandas as pd
+    from sklearn.model_selection import GroupKFold, KFold
+
+    x = np.asarray(image_rep, dtype=np.float64)
+    y = np.asarray(imputed.toarray() if hasattr(imputed, "toarray") else imputed,
+                   dtype=np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"image_rep {x.shape} and imputed {y.shape} must be 2-D with the "
+                         "same number of cells")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("image_rep and imputed must be finite (cells with no coupling mass "
+                         "impute to NaN: drop them first)")
+    n = x.shape[0]
+    if n < 2 * n_splits:
+        raise ValueError(f"need at least {2 * n_splits} cells for {n_splits}-fold CV, got {n}")
+    genes = np.asarray(gene_names if gene_names is not None else
+                       [f"gene{i}" for i in range(y.shape[1])]).astype(str)
+    if genes.shape[0] != y.shape[1]:
+        raise ValueError(f"gene_names has {genes.shape[0]} names for {y.shape[1]} genes")
+    rng = as_rng(seed)
+    x = (x - x.mean(0)) / np.where(x.std(0) > 0, x.std(0), 1)
+    if groups is not None:
+        folds = list(GroupKFold(n_splits=n_splits).split(x, y, np.asarray(groups)))
+    else:
+        folds = list(KFold(n_splits, shuffle=True,
+                           random_state=int(rng.integers(2**31 - 1))).split(x))
+    alphas = np.logspace(-2, 4, 13)
+    r2 = _cv_r2(x, y, folds, alphas)
+    null = np.empty((n_permutations, y.shape[1]))
+    for b in range(n_permutations):
+        null[b] = _cv_r2(x, y[rng.permutation(n)], folds, alphas)
+    pvalue = (1 + (null >= r2[None, :]).sum(0)) / (1 + n_permutations)
+    qvalue = benjamini_hochberg(pvalue)
+    df = pd.DataFrame({"r2": r2, "null_mean": null.mean(0), "null_sd": null.std(0),
+                       "pvalue": pvalue, "qvalue": qvalue, "predictable": qvalue <= fdr},
+                      index=pd.Index(genes, name="gene"))
+    if n_permutations < 1 / fdr:
+        logger.warning("with %d permutations the smallest p-value is %.3g > fdr %.3g: no gene "
+                       "can be called predictable; raise n_permutations", n_permutations,
+                       1 / (1 + n_permutations), fdr)
+    return df.sort_values("r2", ascending=False)

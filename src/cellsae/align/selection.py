@@ -1,0 +1,213 @@
+"""Label-free choice of the GW hyperparameters (kNN size ``k`` and ``epsilon``).
+
+The GW objective cannot compare settings: a different ``k`` changes the cost matrices
+themselves, and larger ε always costs more, so "lowest objective" mostly rewards small ε
+and, on nearly symmetric data, happily picks mirror-image solutions. The default
+criterion here is **consensus**: every candidate coupling places the source cells in the
+target space by barycentric projection; a candidate's score is the median (over the other
+candidates) of the mean squared distance between its projection and theirs, scaled by
+the target's total variance. Mirror images and other poor local minima disagree with the
+bulk of the grid and with each other, while settings that recover the shared geometry
+land on nearly the same map, so the candidate with the lowest median disagreement (the
+medoid of the grid) is chosen. The other criteria are kept for comparison:
+
+* ``"objective"``: lowest GW objective (SCOT-style; prone to mirror solutions);
+* ``"distortion"``: highest correlation between the source's Euclidean distances and the
+  target distances carried back through the coupling, ``corr(D_x, T̃ D_y T̃ᵀ)`` with
+  ``T̃`` the row-normalised coupling (scale-free, comparable across ``k`` and ε).
+
+Every candidate's scores, the criterion and the choice are recorded in
+``GWResult.selection``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .costs import check_representation, pairwise_cost
+from .result import GWResult
+from .solvers import ConvergenceWarning, entropic_gw
+
+logger = logging.getLogger(__name__)
+
+CRITERIA = ("consensus", "objective", "distortion")
+
+__all__ = ["CRITERIA", "distortion_score", "select_gw"]
+
+
+def distortion_score(coupling: np.ndarray, dx: np.ndarray, dy: np.ndarray,
+                     *, max_pairs: int = 200_000, seed: int = 0) -> float:
+    """Correlation between source distances and target distances seen through a coupling.
+
+    Parameters
+    ----------
+    coupling : (n, m) array
+    dx : (n, n) array; dy : (m, m) array
+        Reference distances on each side.
+
+    Returns
+    -------
+    Pearson correlation over (a random subset of) source cell pairs; 1 is an isometry.
+    """
+    t = np.asarray(coupling, dtype=np.float64)
+    rs = t.sum(1, keepdims=True)
+    tn = np.divide(t, rs, out=np.zeros_like(t), where=rs > 0)
+    carried = tn @ dy @ tn.T
+    n = dx.shape[0]
+    iu = np.triu_indices(n, 1)
+    if len(iu[0]) > max_pairs:
+        pick = np.random.default_rng(seed).choice(len(iu[0]), max_pairs, replace=False)
+        iu = (iu[0][pick], iu[1][pick])
+    a, b = dx[iu], carried[iu]
+    if a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def select_gw(
+    x,
+    y,
+    *,
+    n_neighbors: Sequence[int] = (15, 30, 50),
+    epsilons: Sequence[float] = (2e-3, 5e-3, 1e-2),
+    criterion: str = "consensus",
+    cost: str = "knn_geodesic",
+    metric: str = "correlation",
+    mode: str = "connectivity",
+    normalization: str = "max",
+    p=None,
+    q=None,
+    projection_rep=None,
+    device: Any = "auto",
+    seed: int = 0,
+    keep_candidates: bool = False,
+    **solver_kwargs,
+) -> GWResult:
+    """Run entropic GW over a grid of ``(k, epsilon)`` and keep one coupling without labels.
+
+    Parameters
+    ----------
+    x : (n, d_x) array
+        Source representation.
+    y : (m, d_y) array
+        Target representation.
+    n_neighbors : sequence of int
+        kNN sizes for the geodesic costs (ignored for non-graph costs, which use one).
+    epsilons : sequence of float
+        Entropic regularisations.
+    criterion : {"consensus", "objective", "distortion"}
+        How to choose; see the module docstring.
+    cost, metric, mode, normalization : str
+        Cost construction (see ``knn_geodesic_cost``).
+    projection_rep : (m, d) array, optional
+        Target space in which consensus compares projections (``y`` by default).
+    keep_candidates : bool
+        Also keep every candidate's GWResult in ``selection["_results"]`` (not saved).
+    solver_kwargs
+        Passed to ``entropic_gw``.
+
+    Returns
+    -------
+    GWResult of the chosen candidate, with ``selection`` holding the criterion, one row
+    of scores per candidate and the index of the chosen one.
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
+    x = check_representation(x, "x")
+    y = check_representation(y, "y")
+    if not epsilons:
+        raise ValueError("epsilons must list at least one value")
+    ks = list(n_neighbors) if cost in ("knn_geodesic", "geodesic") else [None]
+    if not ks:
+        raise ValueError("n_neighbors must list at least one value")
+    rep = y if projection_rep is None else np.asarray(projection_rep, dtype=np.float64)
+    if rep.shape[0] != y.shape[0]:
+        raise ValueError(f"projection_rep has {rep.shape[0]} rows, y has {y.shape[0]}")
+    t0 = time.perf_counter()
+    candidates: list[dict] = []
+    results: list[GWResult] = []
+    for k in ks:
+        kw = {"normalization": normalization}
+        if k is not None:
+            kw.update(n_neighbors=k, metric=metric, mode=mode)
+        c1, info1 = pairwise_cost(x, cost, **kw)
+        c2, info2 = pairwise_cost(y, cost, **kw)
+        for eps in epsilons:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                try:
+                    res = entropic_gw(c1, c2, p, q, epsilon=float(eps), device=device, seed=seed,
+                                      **solver_kwargs)
+                except FloatingPointError as err:
+                    logger.warning("skipping k=%s epsilon=%g: %s", k, eps, err)
+                    candidates.append({"n_neighbors": k, "epsilon": float(eps), "failed": str(err)})
+                    continue
+            res.params.update(cost=cost, n_neighbors=k, metric=metric, mode=mode,
+                              normalization=normalization,
+                              cost_info_source=info1.to_dict(), cost_info_target=info2.to_dict())
+            res.warnings.extend(info1.warnings + info2.warnings)
+            res.warnings.extend(str(w.message) for w in caught)
+            candidates.append({"n_neighbors": k, "epsilon": float(eps),
+                               "objective": res.objective, "converged": res.converged,
+                               "n_iter": res.params["n_iter"]})
+            results.append(res)
+            logger.info("k=%s epsilon=%g objective=%.5g", k, eps, res.objective)
+    ok = [c for c in candidates if "failed" not in c]
+    if not results:
+        raise FloatingPointError("every candidate setting failed; increase the epsilons")
+    # scores
+    projections = [r.barycentric_projection(rep) for r in results]
+    scale = float(((rep - rep.mean(0)) ** 2).sum(1).mean()) or 1.0
+    n_c = len(results)
+    disagree = np.zeros((n_c, n_c))
+    for i in range(n_c):
+        for j in range(i + 1, n_c):
+            d = float(np.nanmean(((projections[i] - projections[j]) ** 2).sum(1))) / scale
+            disagree[i, j] = disagree[j, i] = d
+    consensus = np.array([np.median(np.delete(disagree[i], i)) if n_c > 1 else 0.0
+                          for i in range(n_c)])
+    from scipy.spatial.distance import cdist
+
+    need_distortion = criterion == "distortion" or x.shape[0] <= 3000
+    if need_distortion:
+        dx, dy = cdist(x, x), cdist(y, y)
+        distortion = np.array([distortion_score(r.coupling, dx, dy, seed=seed) for r in results])
+    else:
+        distortion = np.full(n_c, np.nan)
+    for c, cons, dist in zip(ok, consensus, distortion, strict=True):
+        c["consensus_disagreement"] = float(cons)
+        c["distortion_correlation"] = None if np.isnan(dist) else float(dist)
+    if criterion == "consensus":
+        best = int(np.argmin(consensus))
+    elif criterion == "objective":
+        best = int(np.argmin([r.objective for r in results]))
+    else:
+        best = int(np.argmax(distortion))
+    chosen = results[best]
+    chosen.selection = {
+        "criterion": criterion,
+        "description": {
+            "consensus": "median (over other candidates) mean squared distance between "
+                         "barycentric projections into the target space, divided by the "
+                         "target variance; lowest wins",
+            "objective": "lowest GW objective",
+            "distortion": "highest corr(source distances, target distances through the "
+                          "row-normalised coupling)",
+        }[criterion],
+        "candidates": candidates,
+        "chosen_index": candidates.index(ok[best]),
+        "chosen": {"n_neighbors": ok[best]["n_neighbors"], "epsilon": ok[best]["epsilon"]},
+        "seconds": time.perf_counter() - t0,
+    }
+    if keep_candidates:
+        chosen.selection["_results"] = results
+    chosen.params["selected_by"] = criterion
+    logger.info("selected k=%s epsilon=%g by %s", ok[best]["n_neighbors"], ok[best]["epsilon"],
+                criterion)
+    return chosen

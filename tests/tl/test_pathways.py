@@ -113,3 +113,15 @@ def test_map_scores_to_cells_and_correlate_with_latents(rng):
     assert top["feature"] == "lat0" and top["correlation"] > 0.5
     with pytest.raises(ValueError, match="coupling is 3 x 3"):
         tl.map_module_scores(cells, rna, _IdentityCoupling(3))
+
+
+def test_pathway_activity_with_decoupler(rng):
+    pytest.importorskip("decoupler")
+    adata, programs, truth = _counts_anndata(rng)
+    sets = {f"B{b}": list(adata.var_names[truth == b]) for b in range(4)}
+    tl.pathway_activity(adata, sets, method="ulm")
+    scores = adata.obsm["pathway_activity"]
+    assert list(scores.columns) == ["B0", "B1", "B2", "B3"]
+    assert np.corrcoef(scores["B1"], programs[:, 1])[0, 1] > 0.6
+    with pytest.raises(ValueError, match="no method"):
+        tl.pathway_activity(adata, sets, method="not_a_method")

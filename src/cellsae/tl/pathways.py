@@ -23,7 +23,7 @@ from ..pathways.hierarchy import Hierarchy
 logger = logging.getLogger(__name__)
 
 __all__ = ["gene_modules", "get_hierarchy", "module_scores", "map_module_scores",
-           "module_latent_correlation"]
+           "module_latent_correlation", "pathway_activity"]
 
 
 def _matrix(adata, layer: str | None):
@@ -335,4 +335,75 @@ def module_latent_correlation(adata, *, scores_key: str = "module_scores",
     adata.uns[key_added] = {"correlation": corr, "modules": modules, "latents": latent_names,
                             "top": top_correlated(corr, modules, latent_names, n_top=n_top),
                             "params": {"method": method, "use_rep": use_rep or "X"}}
+    return adata if copy else None
+
+
+def pathway_activity(adata, gene_sets, *, method: str = "ulm", layer: str | None = None,
+                     normalize: bool | str = "auto", min_size: int = 5,
+                     key_added: str = "pathway_activity", copy: bool = False, **kwargs):
+    """Per-cell gene-set activity with decoupler's methods (optional dependency).
+
+    Parameters
+    ----------
+    adata : AnnData (n_cells, n_genes)
+    gene_sets
+        ``{name: genes}``, a GMT path, or a :class:`~cellsae.pathways.Hierarchy` (every
+        module of every level becomes a set).
+    method
+        A decoupler method: ``"ulm"``, ``"mlm"``, ``"wsum"``, ``"aucell"``, ``"ora"``, ...
+    min_size
+        Sets with fewer genes in ``adata`` are skipped (decoupler's ``tmin``).
+    key_added
+        ``adata.obsm[key_added]`` gets the (n_cells, n_sets) scores as a DataFrame, and
+        ``adata.obsm[key_added + "_padj"]`` the adjusted p-values when the method gives them.
+
+    Raises
+    ------
+    ImportError
+        decoupler is not installed (``pip install decoupler``).
+    """
+    import os
+
+    import anndata as ad
+
+    from ..pathways.genesets import read_gmt, validate_gene_sets
+
+    try:
+        import decoupler as dc
+    except ImportError:
+        raise ImportError("pathway_activity needs decoupler: pip install decoupler "
+                          "(over_representation and module_scores work without it)") from None
+    if isinstance(gene_sets, Hierarchy):
+        gene_sets = gene_sets.all_modules()
+    elif isinstance(gene_sets, str | os.PathLike):
+        gene_sets = read_gmt(gene_sets)
+    sets = validate_gene_sets(gene_sets)
+    net = pd.DataFrame([(name, g, 1.0) for name, genes in sets.items() for g in genes],
+                       columns=["source", "target", "weight"])
+    x, _ = _prepared(adata, layer, normalize)
+    tmp = ad.AnnData(X=x, obs=pd.DataFrame(index=adata.obs_names.copy()),
+                     var=pd.DataFrame(index=adata.var_names.astype(str)))
+    if hasattr(dc, "mt"):  # decoupler >= 2
+        if not hasattr(dc.mt, method):
+            raise ValueError(f"decoupler has no method {method!r}")
+        getattr(dc.mt, method)(tmp, net, tmin=min_size, **kwargs)
+    else:  # decoupler 1.x
+        runner = getattr(dc, f"run_{method}", None)
+        if runner is None:
+            raise ValueError(f"decoupler has no method {method!r}")
+        runner(tmp, net, source="source", target="target", weight="weight", min_n=min_size,
+               use_raw=False, **kwargs)
+    score_key = next((k for k in (f"score_{method}", f"{method}_estimate") if k in tmp.obsm),
+                     None)
+    if score_key is None:
+        raise RuntimeError(f"decoupler {method!r} left no scores (obsm keys: "
+                           f"{list(tmp.obsm.keys())})")
+    adata = adata.copy() if copy else adata
+    adata.obsm[key_added] = pd.DataFrame(tmp.obsm[score_key], index=adata.obs_names.copy())
+    padj_key = next((k for k in (f"padj_{method}", f"{method}_pvals") if k in tmp.obsm), None)
+    if padj_key is not None:
+        adata.obsm[f"{key_added}_padj"] = pd.DataFrame(tmp.obsm[padj_key],
+                                                       index=adata.obs_names.copy())
+    adata.uns[key_added] = {"method": method, "min_size": min_size,
+                            "decoupler_version": getattr(dc, "__version__", "unknown")}
     return adata if copy else None

@@ -6,6 +6,7 @@ from sklearn.metrics import adjusted_rand_score
 
 import cellsae.tl as tl
 from cellsae.pathways import Hierarchy
+from cellsae.tl.pathways import pathway_activity
 
 
 def _counts_anndata(rng, n_cells=300, n_blocks=4, genes_per_block=8, n_background=6):
@@ -119,9 +120,9 @@ def test_pathway_activity_with_decoupler(rng):
     pytest.importorskip("decoupler")
     adata, programs, truth = _counts_anndata(rng)
     sets = {f"B{b}": list(adata.var_names[truth == b]) for b in range(4)}
-    tl.pathway_activity(adata, sets, method="ulm")
+    pathway_activity(adata, sets, method="ulm")
     scores = adata.obsm["pathway_activity"]
     assert list(scores.columns) == ["B0", "B1", "B2", "B3"]
     assert np.corrcoef(scores["B1"], programs[:, 1])[0, 1] > 0.6
     with pytest.raises(ValueError, match="no method"):
-        tl.pathway_activity(adata, sets, method="not_a_method")
+        pathway_activity(adata, sets, method="not_a_method")

@@ -102,9 +102,9 @@ def batch_topk_structure(pre: torch.Tensor, n_active: int) -> tuple[torch.Tensor
     for factor in (1.5, 3.0, 10.0):
         rank = min(sample.numel(), int(factor * n_active / stride) + 1)
         guess = sample.topk(rank, sorted=False).values.min()
-        mask = flat >= guess
-        if int(mask.sum()) >= n_active:
-            candidates = mask.nonzero().squeeze(1)
+        found = (flat >= guess).nonzero().squeeze(1)
+        if found.numel() >= n_active:  # the guess admits enough: the answer is among them
+            candidates = found
             break
     if candidates is None:
         candidates = torch.arange(total, device=pre.device)

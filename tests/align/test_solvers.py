@@ -16,7 +16,7 @@ def _isometry_problem(rng, n=60, noise=0.0):
     centres = rng.normal(size=(4, 3)) * 3
     sizes = [25, 15, 12, n - 52]
     x = np.concatenate([c + rng.normal(size=(s, 3)) * (0.3 + 0.2 * i)
-                        for i, (c, s) in enumerate(zip(centres, sizes))])
+                        for i, (c, s) in enumerate(zip(centres, sizes, strict=True))])
     q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
     perm = rng.permutation(n)
     y = (x @ q)[perm] + noise * rng.normal(size=x.shape)

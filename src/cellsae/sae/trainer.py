@@ -157,7 +157,9 @@ class _Run:
         self.k_aux = config.k_aux if config.k_aux is not None else max(1, d_in // 2)
         self.dead_window = config.dead_window if config.dead_window is not None else int(
             max(10 * config.batch_size, min(1_000_000, stream_samples // 10)))
-        kwargs = dict(lr=self.lr, betas=tuple(config.betas))
+        # The fused kernel is several times faster than the default per-tensor loop on CPU.
+        kwargs = dict(lr=self.lr, betas=tuple(config.betas),
+                      fused=device.type in ("cpu", "cuda"))
         if config.weight_decay > 0:
             self.optimizer = torch.optim.AdamW(self.sae.parameters(),
                                                weight_decay=config.weight_decay, **kwargs)

@@ -2,6 +2,9 @@
 
 What is measured (all in this process, on one world):
 
+0. Worlds: ``neuron_world(n_cells=2000, seed=s)`` for each seed (``--seeds``; 0 in
+   ``--quick``, 0,1,2 otherwise); accuracy figures are means over seeds, with ``_min``
+   and per-seed ``_seedN`` keys.
 1. True RNA: ``world.rna`` raw counts, normalised to 10,000 per cell + log1p. The genes
    clustered are the world's ~200 module genes, standing in for the paper's "200
    predictable genes" (the list a GW-map predictability test would hand over); the
@@ -18,13 +21,18 @@ What is measured (all in this process, on one world):
    set, two random sets of the same size and one sharing half its genes);
    ``enrichment_top1_rate`` is the fraction of found modules (at the matched levels)
    whose top term is the true module with the largest overlap at that level.
-5. GW-imputed expression (``ari_imputed_level2``): needs ``cellsae.tl.gw_map``; when it
-   is not importable the key is null and ``imputed_status`` says why.
+5. GW-imputed expression (``ari_imputed_level1/2/3``, first world only, not in
+   ``--quick``): image features (crop statistics of the crops) are coupled to the RNA
+   cells with ``cellsae.tl.gw_map`` and ``GWResult.impute`` projects the module genes'
+   expression onto imaged cells; the same automatic hierarchy runs on that. The same
+   with the true visual factors as image features gives ``ari_imputed_factors_level*``,
+   an upper bound. Unavailable or failing GW-map: the key is null and
+   ``imputed_status`` says why.
 
 Usage::
 
     python benchmarks/pathways.py --quick          # < 60 s on 2 cores
-    python benchmarks/pathways.py --out pathways.json
+    python benchmarks/pathways.py --out pathways.json     # 3 worlds, + HVG run, ~5 min
 
 The last line printed is one JSON object of flat figures.
 """
@@ -87,7 +95,7 @@ def _top1_rate(hierarchy, matched: dict, truth_labels: dict, gene_index: dict) -
     return hits / total if total else float("nan")
 
 
-def run(args) -> dict:
+def _one_world(seed: int, args, *, with_extras: bool) -> tuple[dict, object]:
     import numpy as np
 
     from cellsae.datasets import neuron_world
@@ -95,7 +103,7 @@ def run(args) -> dict:
 
     figures: dict = {}
     t0 = time.perf_counter()
-    world = neuron_world(n_cells=args.n_cells, seed=args.seed, crop_size=32)
+    world = neuron_world(n_cells=args.n_cells, seed=seed, crop_size=32)
     figures["seconds_world"] = time.perf_counter() - t0
     rna = world.rna
     var = rna.var
@@ -104,7 +112,7 @@ def run(args) -> dict:
     x_all = _log_normalize(rna.X)
     x = x_all[:, np.flatnonzero(module_mask)].toarray()
     truth = {lv: var[f"module_level{lv}"].to_numpy()[module_mask].astype(str) for lv in (1, 2, 3)}
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(seed)
     truth_sets = {}
     for lv in (1, 2, 3):
         for name in sorted(set(truth[lv])):
@@ -113,10 +121,9 @@ def run(args) -> dict:
 
     t0 = time.perf_counter()
     hierarchy = find_hierarchy(x, genes, n_bootstrap=args.bootstrap, gene_sets=gene_sets,
-                               seed=args.seed)
+                               seed=seed)
     figures["seconds_hierarchy"] = time.perf_counter() - t0
-    everything = np.ones(len(genes), dtype=bool)
-    matched = _matched(hierarchy, truth, everything)
+    matched = _matched(hierarchy, truth, np.ones(len(genes), dtype=bool))
     for lv, (j, ari) in matched.items():
         figures[f"ari_level{lv}"] = ari
         figures[f"n_modules_level{lv}"] = hierarchy.n_modules[j]
@@ -130,7 +137,7 @@ def run(args) -> dict:
     figures["n_genes"] = len(genes)
     figures["n_cells"] = int(rna.n_obs)
 
-    if args.hvg:
+    if with_extras and args.hvg:
         import anndata as ad
         import scanpy as sc
 
@@ -140,7 +147,7 @@ def run(args) -> dict:
         sub = x_all[:, sel].toarray()
         keep = sub.std(0) > 0
         sel, sub = sel[keep], sub[:, keep]
-        h_hvg = find_hierarchy(sub, rna.var_names[sel].astype(str).tolist(), seed=args.seed)
+        h_hvg = find_hierarchy(sub, rna.var_names[sel].astype(str).tolist(), seed=seed)
         in_module = module_mask[sel]
         truth_hvg = {lv: var[f"module_level{lv}"].to_numpy()[sel].astype(str) for lv in (1, 2, 3)}
         for lv, (_j, ari) in _matched(h_hvg, truth_hvg, in_module).items():
@@ -148,6 +155,33 @@ def run(args) -> dict:
         figures["hvg_module_genes"] = int(in_module.sum())
         figures["hvg_nesting_consistency"] = h_hvg.nesting_consistency
         figures["hvg_n_modules_found"] = "/".join(map(str, h_hvg.n_modules))
+    return figures, (world, genes, truth)
+
+
+def run(args) -> dict:
+    import numpy as np
+
+    figures: dict = {}
+    per_seed = []
+    first = None
+    for i, seed in enumerate(args.seeds):
+        one, data = _one_world(seed, args, with_extras=(i == 0))
+        per_seed.append(one)
+        first = first or data
+        for key, value in one.items():
+            figures[f"{key}_seed{seed}"] = value
+    averaged = ["ari_level1", "ari_level2", "ari_level3", "nesting_consistency",
+                "enrichment_top1_rate", "stability_level1", "stability_level2",
+                "stability_level3", "seconds_hierarchy"]
+    for key in averaged:
+        values = [one[key] for one in per_seed if key in one]
+        if values:
+            figures[key] = float(np.mean(values))
+            figures[f"{key}_min"] = float(np.min(values))
+    for key, value in per_seed[0].items():
+        if key.startswith(("ari_hvg", "hvg_")):
+            figures[key] = value
+    figures["seeds"] = ",".join(map(str, args.seeds))
 
     try:
         from cellsae.tl import gw_map  # noqa: F401
@@ -155,35 +189,64 @@ def run(args) -> dict:
         figures["ari_imputed_level2"] = None
         figures["imputed_status"] = "not measured: cellsae.tl.gw_map is not available"
     else:
-        figures.update(_imputed(world, genes, truth, args))
+        if args.imputed:
+            figures.update(_imputed(*first, args))
+        else:
+            figures["ari_imputed_level2"] = None
+            figures["imputed_status"] = ("not measured in this run: the GW-map takes ~100 s per "
+                                         "image representation; run without --quick")
     return figures
 
 
 def _imputed(world, genes, truth, args) -> dict:
-    """ARI from GW-imputed expression on imaged cells (needs the GW-map stage)."""
+    """Modules from GW-imputed expression on imaged cells (the GW-map stage's output).
+
+    Image features: ``cellsae.embed.evaluate.crop_statistics`` of the crops (hand-made
+    per-channel statistics, no training), and, as an upper bound on what the images could
+    give, the world's true visual factors (``cells.obsm["factors"]``). Each is coupled to
+    the RNA cells with ``cellsae.tl.gw_map``; ``GWResult.impute`` projects the log-normalised
+    module-gene expression onto imaged cells, and ``find_hierarchy`` runs on that.
+    """
     import numpy as np
 
+    from cellsae.embed.evaluate import crop_statistics
     from cellsae.pathways import find_hierarchy
     from cellsae.tl import gw_map
 
-    try:
-        result = gw_map(world.cells, world.rna, seed=args.seed)
-        gw = result if hasattr(result, "impute") else world.cells.uns.get("gw_map")
-        rna = world.rna
-        x = _log_normalize(rna.X)
-        idx = rna.var_names.get_indexer(genes)
-        imputed = np.asarray(gw.impute(x[:, idx]))
-    except Exception as err:  # the GW stage's API may differ; report, never guess
-        return {"ari_imputed_level2": None,
-                "imputed_status": f"not measured: gw_map failed ({type(err).__name__}: {err})"}
-    keep = imputed.std(0) > 0
-    h = find_hierarchy(imputed[:, keep], list(np.asarray(genes)[keep]), seed=args.seed)
-    truth_kept = {lv: t[keep] for lv, t in truth.items()}
-    matched = _matched(h, truth_kept, np.ones(int(keep.sum()), dtype=bool))
-    out = {f"ari_imputed_level{lv}": ari for lv, (_, ari) in matched.items()}
-    out["imputed_nesting_consistency"] = h.nesting_consistency
-    out["imputed_n_modules_found"] = "/".join(map(str, h.n_modules))
-    out["imputed_status"] = "measured"
+    out: dict = {}
+    rna = world.rna
+    idx = rna.var_names.get_indexer(genes)
+    x = _log_normalize(rna.X)[:, idx].toarray()
+    cells = world.cells
+    features, _ = crop_statistics(cells)
+    cells.obsm["X_measure"] = features
+    pairing = np.asarray(world.truth.pairing)
+    for tag, rep in (("", "X_measure"), ("_factors", "factors")):
+        t0 = time.perf_counter()
+        try:
+            gw = gw_map(cells, rna, use_rep_img=rep, seed=args.seed, key_added=f"gw{tag}")
+            imputed = np.asarray(gw.impute(x), dtype=np.float64)
+        except Exception as err:  # report the GW stage's failure, never guess a number
+            out[f"ari_imputed{tag}_level2"] = None
+            out[f"imputed{tag}_status"] = f"not measured: gw_map failed ({type(err).__name__}: {err})"
+            continue
+        out[f"seconds_gw{tag}"] = time.perf_counter() - t0
+        ok = ~np.isnan(imputed).any(1)
+        imputed = imputed[ok]
+        if (pairing >= 0).all():
+            corr = [np.corrcoef(imputed[:, j], x[pairing[ok], j])[0, 1]
+                    for j in range(x.shape[1])]
+            out[f"imputed{tag}_gene_corr_median"] = float(np.nanmedian(corr))
+        keep = imputed.std(0) > 0
+        h = find_hierarchy(imputed[:, keep], list(np.asarray(genes)[keep]), seed=args.seed)
+        truth_kept = {lv: t[keep] for lv, t in truth.items()}
+        matched = _matched(h, truth_kept, np.ones(int(keep.sum()), dtype=bool))
+        for lv, (j, ari) in matched.items():
+            out[f"ari_imputed{tag}_level{lv}"] = ari
+            out[f"n_modules_imputed{tag}_level{lv}"] = h.n_modules[j]
+        out[f"imputed{tag}_nesting_consistency"] = h.nesting_consistency
+        out[f"imputed{tag}_n_modules_found"] = "/".join(map(str, h.n_modules))
+        out[f"imputed{tag}_status"] = f"measured (image features: {rep})"
     return out
 
 
@@ -191,14 +254,25 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small run, < 60 s on 2 cores")
     parser.add_argument("--out", help="also write the JSON figures to this file")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated world seeds (default 0 in --quick, 0,1,2 otherwise);"
+                        " accuracy figures are the mean over seeds, with _min and _seedN keys")
     parser.add_argument("--n-cells", type=int, default=None)
     parser.add_argument("--bootstrap", type=int, default=None)
     parser.add_argument("--hvg", type=int, default=None,
                         help="also cluster the N most variable genes (default 600, 0 in --quick)")
+    parser.add_argument("--imputed", type=int, default=None,
+                        help="1 to measure modules from GW-imputed expression (default: on, "
+                        "off in --quick)")
     args = parser.parse_args(argv)
+    if args.imputed is None:
+        args.imputed = 0 if args.quick else 1
+    if args.seeds is None:
+        args.seeds = "0" if args.quick else "0,1,2"
+    args.seeds = [int(v) for v in str(args.seeds).split(",") if v.strip()]
+    args.seed = args.seeds[0]
     if args.n_cells is None:
-        args.n_cells = 2000 if args.quick else 3000
+        args.n_cells = 2000
     if args.bootstrap is None:
         args.bootstrap = 4 if args.quick else 20
     if args.hvg is None:

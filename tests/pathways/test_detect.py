@@ -5,7 +5,7 @@ from sklearn.metrics import adjusted_rand_score
 from cellsae.pathways import bootstrap_coclustering, find_hierarchy
 from cellsae.tl.pathways import _log_normalize
 
-GRID = np.round(np.geomspace(0.1, 10, 28), 4)
+GRID = np.round(np.geomspace(0.02, 10, 32), 4)
 
 
 @pytest.fixture(scope="module")

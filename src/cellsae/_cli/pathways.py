@@ -54,6 +54,9 @@ def pathways(
                                   help="auto (log-normalise integer counts), yes or no."),
     objective: str = typer.Option("modularity", "--objective",
                                   help="Leiden objective: modularity or cpm."),
+    power: float = typer.Option(3.0, "--power", min=0.1,
+                                help="Edge weight = correlation ** POWER (a soft threshold, as "
+                                "in WGCNA); higher separates fine modules sooner."),
     min_module_size: int = typer.Option(5, "--min-module-size", min=1,
                                         help="Smaller modules are dissolved (genes unassigned)."),
     n_bootstrap: int = typer.Option(20, "--bootstrap", min=0,
@@ -109,7 +112,7 @@ def pathways(
     logger.info("%s: %d cells x %d genes", expression, adata.n_obs, adata.n_vars)
     gene_modules(adata, genes=gene_list, n_top_genes=n_top_genes, layer=layer, normalize=norm,
                  resolutions=resolution_list, n_levels=levels, n_modules=module_counts,
-                 objective=objective, min_module_size=min_module_size,
+                 objective=objective, power=power, min_module_size=min_module_size,
                  n_bootstrap=n_bootstrap, gene_sets=gene_sets, seed=seed)
     hierarchy = get_hierarchy(adata)
     out.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,7 @@ def find_hierarchy(
     objective: str = "modularity",
     k: int | None = 100,
     min_similarity: float = 0.0,
+    power: float = 3.0,
     shrinkage: float | str = "auto",
     min_module_size: int = 5,
     n_seeds: int = 2,
@@ -90,8 +91,12 @@ def find_hierarchy(
         model copes with genes whose correlations are all damped by sampling noise, as
         for sparse counts) or ``"cpm"`` (resolution = a correlation threshold; genes
         correlated with no module stay unassigned; best for dense, homogeneous data).
-    k, min_similarity
-        The gene graph, see :func:`cellsae.pathways.gene_knn_graph`.
+    k, min_similarity, power
+        The gene graph, see :func:`cellsae.pathways.gene_knn_graph`. Edge weights are
+        correlations raised to ``power``, like WGCNA's soft threshold: it keeps the strong
+        within-module correlations and damps the weak ones, so fine modules separate
+        before weakly attached genes break off (on the synthetic world, ``power=3`` lifts
+        the level-2 ARI from 0.85 to 1.0 on two of three worlds; see benchmarks/pathways.py).
     shrinkage
         ``"auto"`` (Ledoit–Wolf) or a fixed intensity in [0, 1].
     min_module_size
@@ -119,8 +124,8 @@ def find_hierarchy(
     if n_modules is not None:
         n_modules = _check_counts(n_modules)
     correlation, delta = shrunk_correlation(x, shrinkage=shrinkage)
-    graph = gene_knn_graph(correlation, k=k, min_similarity=min_similarity)
-    params = {"objective": objective, "k": k, "min_similarity": min_similarity,
+    graph = gene_knn_graph(correlation, k=k, min_similarity=min_similarity, power=power)
+    params = {"objective": objective, "k": k, "min_similarity": min_similarity, "power": power,
               "shrinkage": shrinkage, "shrinkage_used": delta, "min_module_size": min_module_size,
               "n_seeds": n_seeds, "n_bootstrap": n_bootstrap, "n_cells": int(x.shape[0]),
               "seed": seed if isinstance(seed, int) else None}
@@ -155,7 +160,7 @@ def find_hierarchy(
     if n_bootstrap:
         matrices = bootstrap_coclustering(
             x, hierarchy.resolutions, n_bootstrap=n_bootstrap, objective=objective, k=k,
-            min_similarity=min_similarity, shrinkage=shrinkage, min_module_size=min_module_size,
+            min_similarity=min_similarity, power=power, shrinkage=shrinkage, min_module_size=min_module_size,
             seed=rng)
         hierarchy = _with_stability(hierarchy, matrices)
     if gene_sets is not None:
@@ -195,7 +200,8 @@ def _levels_for_counts(scan, targets: Sequence[int]) -> list[int]:
 
 def bootstrap_coclustering(x, resolutions: Sequence[float], *, n_bootstrap: int = 20,
                            objective: str = "modularity", k: int | None = 100,
-                           min_similarity: float = 0.0, shrinkage: float | str = "auto",
+                           min_similarity: float = 0.0, power: float = 3.0,
+                           shrinkage: float | str = "auto",
                            min_module_size: int = 5, seed: SeedLike = 0) -> list[np.ndarray]:
     """Co-clustering frequency of each gene pair over bootstrap resamples of cells.
 
@@ -220,7 +226,8 @@ def bootstrap_coclustering(x, resolutions: Sequence[float], *, n_bootstrap: int 
         sub, _ = shrunk_correlation(sample[:, varying], shrinkage=shrinkage)
         correlation[np.ix_(varying, varying)] = sub
         np.fill_diagonal(correlation, 1.0)
-        g = _to_igraph(gene_knn_graph(correlation, k=k, min_similarity=min_similarity))
+        g = _to_igraph(gene_knn_graph(correlation, k=k, min_similarity=min_similarity,
+                                      power=power))
         leiden_seed = int(rng.integers(0, 2**31 - 1))
         for i, r in enumerate(resolutions):
             per_level[i].append(_leiden(g, r, objective=objective, seed=leiden_seed,

@@ -99,6 +99,7 @@ def gene_modules(
     n_modules: Sequence[int] | None = None,
     objective: str = "modularity",
     k: int | None = 100,
+    power: float = 3.0,
     shrinkage: float | str = "auto",
     min_module_size: int = 5,
     n_seeds: int = 2,
@@ -126,8 +127,8 @@ def gene_modules(
     normalize
         ``True`` to normalise to 10,000 per cell + log1p, ``False`` to use as is,
         ``"auto"`` to normalise only non-negative integer data.
-    resolutions, n_levels, n_modules, objective, k, shrinkage, min_module_size, n_seeds,
-    n_bootstrap, gene_sets, seed
+    resolutions, n_levels, n_modules, objective, k, power, shrinkage, min_module_size,
+    n_seeds, n_bootstrap, gene_sets, seed
         See :func:`cellsae.pathways.find_hierarchy`.
     key_added
         ``adata.uns[key_added]`` gets ``{"hierarchy": <JSON text>, "params": ...}`` (read
@@ -165,7 +166,7 @@ def gene_modules(
         idx, sub = idx[~constant], sub[:, ~constant]
     hierarchy = find_hierarchy(
         sub, var_names[idx].tolist(), resolutions=resolutions, n_levels=n_levels,
-        n_modules=n_modules, objective=objective, k=k, shrinkage=shrinkage,
+        n_modules=n_modules, objective=objective, k=k, power=power, shrinkage=shrinkage,
         min_module_size=min_module_size, n_seeds=n_seeds, n_bootstrap=n_bootstrap,
         gene_sets=gene_sets, seed=seed)
     table = hierarchy.gene_table()

@@ -80,6 +80,8 @@ def test_json_round_trip_with_stability_and_enrichment(tmp_path):
         back.enrichment[["level", "module", "term", "pvalue"]].reset_index(drop=True),
         h.enrichment[["level", "module", "term", "pvalue"]].reset_index(drop=True))
     assert back.module_table()["top_term"].iloc[0] == "SET_A"
+    small = json.loads(h.save(tmp_path / "small.json", max_terms=1).read_text())
+    assert all(len(m["enrichment"]) <= 1 for lv in small["levels"] for m in lv["modules"])
 
 
 def test_load_rejects_other_files(tmp_path):

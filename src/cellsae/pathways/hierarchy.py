@@ -216,12 +216,18 @@ class Hierarchy:
 
     # -- serialisation --------------------------------------------------------------------
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: levels → modules (name, genes, parent, size, stability, enrichment)."""
+    def to_dict(self, *, max_terms: int | None = 50) -> dict[str, Any]:
+        """A JSON-ready dict: levels → modules (name, genes, parent, size, stability, enrichment).
+
+        ``max_terms`` keeps each module's best (lowest p-value) enrichment rows, so a large
+        GMT does not bloat the file; None keeps all (the full table is :attr:`enrichment`).
+        """
         genes = np.asarray(self.genes, dtype=object)
         enrichment = {}
         if self.enrichment is not None:
             for name, group in self.enrichment.groupby("module", sort=False):
+                if max_terms is not None:
+                    group = group.sort_values("pvalue", kind="stable").head(max_terms)
                 enrichment[name] = [_jsonable_row(r) for r in
                                     group.drop(columns=["module", "level"], errors="ignore")
                                     .to_dict(orient="records")]
@@ -259,10 +265,10 @@ class Hierarchy:
             "levels": levels,
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`to_dict` as JSON, atomically."""
+    def save(self, path: str | os.PathLike, *, max_terms: int | None = 50) -> Path:
+        """Write :meth:`to_dict` as JSON, atomically (``max_terms`` as in :meth:`to_dict`)."""
         path = Path(path)
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+        atomic_write_text(path, json.dumps(self.to_dict(max_terms=max_terms), indent=1))
         return path
 
     @classmethod

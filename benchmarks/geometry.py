@@ -153,22 +153,26 @@ def _run_world(args) -> dict:
     # DPT on SAE latents (and on the CNN embedding) against the true progression
     t0 = time.perf_counter()
     pca_latents(lat, n_comps=min(30, lat.n_vars - 1), seed=args.seed)
-    cluster_latents(lat, n_neighbors=15, resolution=0.45, umap=False, seed=args.seed)
+    cluster_latents(lat, n_neighbors=15, resolution=0.45, umap=False, method="gauss",
+                    seed=args.seed)
     pseudotime(lat, root_group={"genotype": "healthy"}, live_key="dead")
     true_t = cells.obs["t"].to_numpy()
     dead = cells.obs["dead"].to_numpy().astype(float)
     figures["dpt_t_spearman"] = float(spearmanr(lat.obs["dpt_pseudotime"], true_t)[0])
     unscaled = lat.copy()
     pca_latents(unscaled, n_comps=min(30, lat.n_vars - 1), standardize=False, seed=args.seed)
-    cluster_latents(unscaled, n_neighbors=15, resolution=0.45, umap=False, seed=args.seed)
+    cluster_latents(unscaled, n_neighbors=15, resolution=0.45, umap=False, method="gauss",
+                    seed=args.seed)
     pseudotime(unscaled, root_group={"genotype": "healthy"}, live_key="dead")
     figures["dpt_t_spearman_unscaled"] = float(
         spearmanr(unscaled.obs["dpt_pseudotime"], true_t)[0])
     figures["dpt_dead_spearman_sae"] = float(spearmanr(lat.obs["dpt_pseudotime"], dead)[0])
     figures["n_leiden_sae"] = int(lat.obs["leiden"].nunique())
+    figures.update(_paga_vs_truth(lat, cells.obs["t"].to_numpy(), cells.obs["branch"].to_numpy()))
     cnn = cells.copy()
     del cnn.obsm["X_sae"]
     cluster_latents(cnn, use_rep="X_cnn", n_neighbors=15, resolution=0.45, umap=False,
+                    method="gauss",
                     seed=args.seed)
     pseudotime(cnn, root_group={"genotype": "healthy"}, live_key="dead")
     figures["dpt_t_spearman_cnn"] = float(spearmanr(cnn.obs["dpt_pseudotime"], true_t)[0])
@@ -176,6 +180,36 @@ def _run_world(args) -> dict:
     figures["seconds_total"] = time.perf_counter() - t_start
     figures["peak_rss_gib"] = _peak_rss_gib()
     return figures
+
+
+def _paga_vs_truth(adata, t, branch, threshold: float = 0.1) -> dict:
+    """PAGA topology against the true trajectory.
+
+    ``paga_edge_t_gap_ratio``: mean |Δ mean t| between clusters joined by a PAGA edge
+    (connectivity ≥ threshold) over the same mean across all cluster pairs; < 1 means the
+    graph links clusters that are close in true progression. ``paga_cross_branch_edges``:
+    share of edges joining a cluster of branch 1 to one of branch 2 (by majority), which a
+    faithful topology avoids.
+    """
+    import numpy as np
+    import pandas as pd
+
+    labels = adata.obs["leiden"].astype(str).to_numpy()
+    order = list(adata.obs["leiden"].cat.categories)
+    mean_t = pd.Series(t).groupby(labels).mean().reindex(order).to_numpy()
+    major = pd.Series(branch).groupby(labels).agg(lambda b: np.bincount(b).argmax())
+    major = major.reindex(order).to_numpy()
+    conn = adata.uns["paga"]["connectivities"].toarray()
+    iu = np.triu_indices(len(order), 1)
+    gaps = np.abs(mean_t[:, None] - mean_t[None, :])[iu]
+    edges = conn[iu] >= threshold
+    out = {"paga_n_edges": int(edges.sum())}
+    if edges.any() and gaps.mean() > 0:
+        out["paga_edge_t_gap_ratio"] = float(gaps[edges].mean() / gaps.mean())
+        cross = ((major[iu[0]] == 1) & (major[iu[1]] == 2)) | ((major[iu[0]] == 2)
+                                                              & (major[iu[1]] == 1))
+        out["paga_cross_branch_edges"] = float(cross[edges].mean())
+    return out
 
 
 def _synthetic_codes(n_cells: int, n_latents: int, l0: int, seed: int):

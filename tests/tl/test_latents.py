@@ -88,7 +88,7 @@ def test_graph_clusters_and_pseudotime_follow_the_trajectory(rng):
     codes, obs = trajectory_codes(rng)
     lat = latents_anndata(codes, obs=obs)
     pca_latents(lat, n_comps=15)
-    cluster_latents(lat, n_neighbors=15, umap=False, resolution=0.5)
+    cluster_latents(lat, n_neighbors=15, umap=False, resolution=0.5, method="gauss")
     assert lat.obs["leiden"].nunique() >= 2 and "paga" in lat.uns
     pseudotime(lat, root_group={"genotype": "healthy"}, live_key="dead")
     root = lat.uns["dpt_root"]["index"]

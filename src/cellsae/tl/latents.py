@@ -309,7 +309,7 @@ def pca_latents(adata, *, n_comps: int = 50, standardize: bool = True, layer: st
 
 def cluster_latents(adata, *, use_rep: str = "X_pca", n_neighbors: int = 15, n_pcs: int | None = None,
                     metric: str = "euclidean", resolution: float = 1.0, paga: bool = True,
-                    umap: bool = True, seed: int = 0, copy: bool = False):
+                    umap: bool = True, method: str = "umap", seed: int = 0, copy: bool = False):
     """kNN graph, Leiden clusters, PAGA and UMAP through scanpy.
 
     Parameters
@@ -324,6 +324,9 @@ def cluster_latents(adata, *, use_rep: str = "X_pca", n_neighbors: int = 15, n_p
         Leiden resolution (the paper uses 0.45).
     paga, umap : bool
         Also run PAGA on the Leiden clusters and a 2-D UMAP.
+    method : {"umap", "gauss"}
+        Connectivity kernel of ``sc.pp.neighbors``. ``"umap"`` (scanpy's default) compiles
+        numba code on first use (tens of seconds once per process); ``"gauss"`` does not.
     seed : int
         Leiden and UMAP seed.
 
@@ -341,7 +344,7 @@ def cluster_latents(adata, *, use_rep: str = "X_pca", n_neighbors: int = 15, n_p
     if adata.n_obs <= n_neighbors:
         raise ValueError(f"{adata.n_obs} cells are too few for n_neighbors={n_neighbors}")
     sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep=use_rep, n_pcs=n_pcs,
-                    metric=metric, random_state=seed)
+                    metric=metric, method=method, random_state=seed)
     sc.tl.leiden(adata, resolution=resolution, flavor="igraph", n_iterations=2,
                  directed=False, random_state=seed)
     if paga:
@@ -354,7 +357,7 @@ def cluster_latents(adata, *, use_rep: str = "X_pca", n_neighbors: int = 15, n_p
             sc.tl.umap(adata, random_state=seed)
     adata.uns["cluster_latents"] = {"params": {
         "use_rep": use_rep, "n_neighbors": n_neighbors, "metric": metric,
-        "resolution": resolution, "paga": paga, "umap": umap, "seed": seed}}
+        "resolution": resolution, "paga": paga, "umap": umap, "method": method, "seed": seed}}
     return adata if copy else None
 
 

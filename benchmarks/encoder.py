@@ -81,8 +81,8 @@ def main(argv=None) -> int:
     donors_of = {g: sorted(set(donor[genotype == g])) for g in sorted(set(genotype))}
     n_folds_max = min(len(v) for v in donors_of.values())
     n_folds = min(args.folds or (1 if args.quick else n_folds_max), n_folds_max)
-    scores = {"cnn": [], "measure": [], "pixels": []}
-    balanced = {"cnn": [], "measure": [], "pixels": []}
+    scores = {"cnn": [], "cnn_multilayer": [], "measure": [], "pixels": []}
+    balanced = {"cnn": [], "cnn_multilayer": [], "measure": [], "pixels": []}
     worst_donor = []
     train_rates, extract_rates, train_seconds = [], [], []
     device = None
@@ -95,11 +95,14 @@ def main(argv=None) -> int:
         train_seconds.append(time.perf_counter() - t0)
         train_rates.append(result.train_crops_per_s)
         ext = extract(result.model, crops, device=args.device)
+        last_two = result.model.stage_names[-2:]
+        multi = extract(result.model, crops, layer=last_two, device=args.device).embeddings
         extract_rates.append(ext.crops_per_s)
         device = str(next(result.model.parameters()).device) if device is None else device
         pixels = pixel_pca(crops, np.flatnonzero(split == "train"), n_components=50,
                            seed=args.seed)
-        for name, rep in (("cnn", ext.embeddings), ("measure", measure), ("pixels", pixels)):
+        for name, rep in (("cnn", ext.embeddings), ("cnn_multilayer", multi),
+                          ("measure", measure), ("pixels", pixels)):
             res = probe_split(rep, genotype, split, groups=donor, train_parts=("train",))
             scores[name].append(res.accuracy)
             balanced[name].append(res.balanced_accuracy)
@@ -112,6 +115,7 @@ def main(argv=None) -> int:
         "probe_acc_cnn": float(np.mean(scores["cnn"])),
         "probe_acc_measure": float(np.mean(scores["measure"])),
         "probe_acc_pixels": float(np.mean(scores["pixels"])),
+        "probe_acc_cnn_last_two_stages": float(np.mean(scores["cnn_multilayer"])),
         "probe_acc_cnn_sd": float(np.std(scores["cnn"])),
         "probe_acc_measure_sd": float(np.std(scores["measure"])),
         "probe_acc_pixels_sd": float(np.std(scores["pixels"])),

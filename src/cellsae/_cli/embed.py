@@ -97,7 +97,7 @@ def extract(
     crops: Path = typer.Argument(..., help="Crops file (.h5sc)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .h5ad: the cells' obs with obsm['X_cnn']."),
     tokens: Path | None = typer.Option(None, help="Write spatial tokens to this zarr store."),
-    layer: str | None = typer.Option(None, help="Tap for the pooled embedding (default: last)."),
+    layer: str | None = typer.Option(None, help="Tap(s) for the pooled embedding, comma-separated to concatenate (default: last)."),
     tokens_layer: str | None = typer.Option(None, help="Tap for the tokens (default: --layer)."),
     token_pool: int = typer.Option(1, help="Average-pool the token map by this factor."),
     key_added: str = typer.Option("X_cnn", help="obsm key for the embeddings."),
@@ -119,7 +119,8 @@ def extract(
         raise FileExistsError(f"'{out}' exists; pass --overwrite or choose another path")
     encoder = load_encoder(model)
     adata = read_h5sc(crops)
-    result = run_extract(encoder, crops, adata=adata, layer=layer, tokens_out=tokens,
+    layers = None if layer is None else [v.strip() for v in layer.split(",") if v.strip()]
+    result = run_extract(encoder, crops, adata=adata, layer=layers, tokens_out=tokens,
                          tokens_layer=tokens_layer, token_pool=token_pool, key_added=key_added,
                          batch_size=batch_size, device=device, num_workers=num_workers,
                          overwrite=overwrite)

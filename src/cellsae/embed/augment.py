@@ -43,7 +43,7 @@ class AugmentConfig(StrictModel):
     max_rotation: float = 10.0
     max_scale: float = 0.1
     max_shift: float = 0.05
-    intensity_scale: float = 0.1
+    intensity_scale: float = 0.2
     blur_p: float = 0.2
     blur_sigma: tuple[float, float] = (0.3, 1.0)
     noise: float = 0.05

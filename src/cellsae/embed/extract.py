@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ def _as_model(model) -> Encoder:
                     f"{type(model).__name__}")
 
 
-def extract(model, crops, *, layer: str | None = None, tokens_out: str | os.PathLike | None = None,
+def extract(model, crops, *, layer: str | Sequence[str] | None = None, tokens_out: str | os.PathLike | None = None,
             tokens_layer: str | None = None, token_pool: int = 1, token_dtype: str = "float16",
             batch_size: int = 256, device: Any = "auto", amp: bool = True, num_workers: int = 0,
             adata=None, key_added: str = "X_cnn", overwrite: bool = False) -> ExtractResult:
@@ -91,7 +92,8 @@ def extract(model, crops, *, layer: str | None = None, tokens_out: str | os.Path
     ----------
     model : an :class:`Encoder` or the path of one saved with ``save_encoder``.
     crops : (n, C, H, W) array, ``CropStore``, ``.h5sc`` path or AnnData with crops.
-    layer : tap whose global average is the cell embedding (default: the last).
+    layer : tap whose global average is the cell embedding (default: the last); a list
+        of taps concatenates their pooled vectors.
     tokens_out : path of a zarr token store to write (None: no tokens).
     tokens_layer : tap whose spatial map becomes tokens (default: ``layer``).
     token_pool : average-pool the token map by this factor first (fewer, coarser tokens).
@@ -121,9 +123,11 @@ def extract(model, crops, *, layer: str | None = None, tokens_out: str | os.Path
                          "on, in the same order")
     if adata is not None and adata.n_obs != n:
         raise ValueError(f"adata has {adata.n_obs} cells but there are {n} crops")
-    layer = layer or model.default_layer
-    tokens_layer = tokens_layer or layer
-    for name in {layer, tokens_layer}:
+    layers = [model.default_layer] if layer is None else (
+        [layer] if isinstance(layer, str) else list(layer))
+    layer = "+".join(layers)
+    tokens_layer = tokens_layer or layers[-1]
+    for name in {*layers, tokens_layer}:
         if name not in model.stage_dims:
             raise KeyError(f"unknown layer {name!r}; available: {model.stage_names}")
     if token_dtype not in ("float16", "float32"):
@@ -174,7 +178,7 @@ def extract(model, crops, *, layer: str | None = None, tokens_out: str | os.Path
         cell_positions = np.stack([yy.ravel(), xx.ravel()], 1).astype(np.int16)
         pooled_norm = np.empty(n, np.float32)
 
-    embeddings = np.empty((n, model.stage_dims[layer]), np.float32)
+    embeddings = np.empty((n, sum(model.stage_dims[name] for name in layers)), np.float32)
     reader = CropReader(store, preload=False) if store.path is not None else CropReader(store)
     batches = [np.arange(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
     t0 = time.perf_counter()
@@ -188,8 +192,9 @@ def extract(model, crops, *, layer: str | None = None, tokens_out: str | os.Path
                                  "repair those cells before extraction")
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16,
                                                  enabled=use_amp):
-                maps = model.forward_features(x.to(device), list({layer, tokens_layer}))
-            embeddings[idx] = maps[layer].float().mean(dim=(2, 3)).cpu().numpy()
+                maps = model.forward_features(x.to(device), list({*layers, tokens_layer}))
+            embeddings[idx] = torch.cat([maps[name].float().mean(dim=(2, 3)) for name in layers],
+                                        dim=1).cpu().numpy()
             if writer is not None:
                 tmap = maps[tokens_layer].float()
                 if token_pool > 1:

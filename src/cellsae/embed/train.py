@@ -25,7 +25,9 @@ uninterrupted one.
 Under ``torchrun`` (``WORLD_SIZE > 1``) training uses DistributedDataParallel (NCCL on
 CUDA, gloo on CPU); each process takes an equal slice of every global batch and keys
 are gathered across processes, so the result equals one process with the same global
-batch (up to floating-point summation order).
+batch (up to floating-point summation order). Batch normalisation is synchronised across
+processes on CUDA; on CPU each process normalises over its own slice (use ``norm="group"``
+or ``"none"`` for identical results).
 """
 
 from __future__ import annotations
@@ -60,18 +62,22 @@ logger = logging.getLogger(__name__)
 STATE_FORMAT = "cellsae.encoder-train-state"
 STATE_VERSION = 1
 
+# The default is sized for CPUs: about a minute for 2000 64×64 crops on 2 cores. Post-
+# activation blocks with batch norm learned fastest in that budget on the synthetic world
+# (held-out-donor probe 0.62 vs 0.57 for pre-activation); the paper's network (no
+# normalisation, unit-norm weights) is `resnet_paper` / {"norm": "none", "preact": True}.
 DEFAULT_ENCODER = {"arch": "resnet", "widths": [16, 32, 64], "blocks": [1, 1, 1],
-                   "strides": [1, 2, 2], "stem_stride": 2, "norm": "none", "preact": True}
+                   "strides": [1, 2, 2], "stem_stride": 2, "norm": "batch", "preact": False}
 
 
 class TrainConfig(StrictModel):
     """Hyper-parameters of encoder training (validated; unknown keys are errors)."""
 
     objective: Literal["supervised", "moco", "supcon"] = "supervised"
-    epochs: int = Field(8, ge=1)
-    batch_size: int = Field(128, ge=2)
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(64, ge=2)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(2e-3, gt=0)
+    lr: float = Field(4e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     warmup_epochs: float = Field(0.5, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
@@ -538,6 +544,10 @@ def train_encoder(crops, labels, *, donors=None, split=None, split_mode: str = "
     if dist_info.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
+        if device.type == "cuda":
+            # batch statistics over the global batch, as in one process
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+            model, head = module.encoder, module.head
         train_module = DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None)
 

@@ -46,6 +46,16 @@ def test_contrastive_objectives_train_with_a_queue(objective):
     assert 0 <= result.best_val_acc <= 1
 
 
+def test_vit_trains_and_input_statistics_are_fitted():
+    x, y, donors = planted_crops(n_per_donor=6, n_donors_per_class=3)
+    x = x + 3.0
+    result = train_encoder(x, y, donors=donors, config=_cfg(epochs=1),
+                           encoder={"arch": "vit", "patch_size": 4, "dim": 8, "depth": 1,
+                                    "heads": 2}, seed=0)
+    assert result.model.config()["arch"] == "vit"
+    assert np.allclose(result.model.input_mean.numpy(), x.mean((0, 2, 3)), atol=0.2)
+
+
 def test_resume_gives_exactly_the_uninterrupted_weights(tmp_path):
     x, y, donors = planted_crops(n_per_donor=8, n_donors_per_class=3)
     cfg = _cfg(objective="supcon", epochs=3, queue_size=24, proj_dim=8, proj_hidden=16,

@@ -460,7 +460,8 @@ def train_encoder(crops, labels, *, donors=None, split=None, split_mode: str = "
     use_amp = cfg.amp and device.type == "cuda"
 
     reader = CropReader(store, np.concatenate([train_idx, val_idx]))
-    if fresh and model.input_norm == "dataset":
+    untouched = bool((model.input_mean == 0).all() and (model.input_std == 1).all())
+    if (fresh or untouched) and model.input_norm == "dataset":
         rng = np.random.default_rng([cfg.seed, 11])
         sample = np.sort(rng.choice(train_idx, min(len(train_idx), 2000), replace=False))
         xs = reader(sample).double()

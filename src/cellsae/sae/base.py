@@ -109,6 +109,27 @@ class SAE(nn.Module):
         self.b_enc.zero_()
         self.b_dec.copy_(data_mean if data_mean is not None else torch.zeros(self.d_in))
 
+    @torch.no_grad()
+    def rescale_encoder_init(self, x: torch.Tensor) -> float:
+        """Scale the initial encoder so the first reconstructions have the right size.
+
+        With ``W_enc = W_dec`` the selected codes of a random dictionary overshoot (the
+        largest of many random projections), so the first steps would undo a too-large
+        reconstruction. The least-squares factor ``c = <x - b_dec, x̂'> / ‖x̂'‖²`` (with
+        ``x̂'`` the bias-free reconstruction on standardised inputs ``x``) fixes that.
+        Returns ``c``.
+        """
+        x_hat = self.decode_normalised(self.encode_normalised(x)) - self.b_dec
+        target = x - self.b_dec
+        denominator = float((x_hat * x_hat).sum())
+        if denominator <= 0:
+            return 1.0
+        c = min(1.0, max(1e-3, float((target * x_hat).sum()) / denominator))
+        self.W_enc.mul_(c)
+        for name in self._encoder_biases:
+            getattr(self, name).mul_(c)
+        return c
+
     # -- normalised-space building blocks (used by training) ------------------------------
 
     def _centered(self, x: torch.Tensor) -> torch.Tensor:

@@ -150,9 +150,12 @@ class _Run:
         self.sae.input_mean.copy_(torch.from_numpy(norm.mean))
         self.sae.input_scale.fill_(norm.scale)
         self.sae.to(device)
-        if init_sample is not None and hasattr(self.sae, "initialise_from_data"):
+        if init_sample is not None:
             x = self.sae._standardise(torch.from_numpy(init_sample).to(device))
-            self.sae.initialise_from_data(x)
+            if self.sae.sparse_training:  # TopK family: fixed L0, so codes overshoot
+                self.sae.rescale_encoder_init(x)
+            if hasattr(self.sae, "initialise_from_data"):
+                self.sae.initialise_from_data(x)
         self.lr = config.lr if config.lr is not None else default_lr(config.d_sae)
         self.k_aux = config.k_aux if config.k_aux is not None else max(1, d_in // 2)
         self.dead_window = config.dead_window if config.dead_window is not None else int(

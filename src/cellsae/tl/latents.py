@@ -307,6 +307,34 @@ def pca_latents(adata, *, n_comps: int = 50, standardize: bool = True, layer: st
     return adata if copy else None
 
 
+class _NNDescentCSR:  # sklearn-compatible (get_params) without importing sklearn here
+    """pynndescent kNN as an sklearn-style transformer returning a ``csr_matrix``.
+
+    scanpy 1.11 calls ``.getnnz`` on the transformer's output, which scipy ≥ 1.15 sparse
+    *arrays* (what current pynndescent returns) no longer have, so ``sc.pp.neighbors``
+    fails above 8,192 cells; converting to a sparse matrix avoids it. Parameters follow
+    scanpy's own defaults for pynndescent (UMAP's n_trees / n_iters).
+    """
+
+    def __init__(self, n_neighbors: int, metric: str, random_state: int, n_obs: int):
+        self.n_neighbors, self.metric, self.random_state = n_neighbors, metric, random_state
+        self.n_trees = min(64, 5 + round(n_obs**0.5 / 20.0))
+        self.n_iters = max(5, round(np.log2(n_obs)))
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {"n_neighbors": self.n_neighbors, "metric": self.metric,
+                "random_state": self.random_state, "n_trees": self.n_trees,
+                "n_iters": self.n_iters}
+
+    def fit_transform(self, x, y=None):
+        from pynndescent import PyNNDescentTransformer
+
+        d = PyNNDescentTransformer(n_neighbors=self.n_neighbors, metric=self.metric,
+                                   random_state=self.random_state, n_trees=self.n_trees,
+                                   n_iters=self.n_iters).fit_transform(x)
+        return sparse.csr_matrix(d)
+
+
 def cluster_latents(adata, *, use_rep: str = "X_pca", n_neighbors: int = 15, n_pcs: int | None = None,
                     metric: str = "euclidean", resolution: float = 1.0, paga: bool = True,
                     umap: bool = True, method: str = "umap", seed: int = 0, copy: bool = False):
@@ -343,8 +371,11 @@ def cluster_latents(adata, *, use_rep: str = "X_pca", n_neighbors: int = 15, n_p
                        + ("; run cellsae.tl.pca_latents first" if use_rep == "X_pca" else ""))
     if adata.n_obs <= n_neighbors:
         raise ValueError(f"{adata.n_obs} cells are too few for n_neighbors={n_neighbors}")
+    transformer = None
+    if adata.n_obs >= 8192 or (metric != "euclidean" and adata.n_obs >= 4096):  # pynndescent
+        transformer = _NNDescentCSR(n_neighbors, metric, seed, adata.n_obs)
     sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep=use_rep, n_pcs=n_pcs,
-                    metric=metric, method=method, random_state=seed)
+                    metric=metric, method=method, transformer=transformer, random_state=seed)
     sc.tl.leiden(adata, resolution=resolution, flavor="igraph", n_iterations=2,
                  directed=False, random_state=seed)
     if paga:

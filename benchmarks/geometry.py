@@ -127,6 +127,12 @@ def _run_world(args) -> dict:
         figures[f"factor_mcc_{name}"] = float(row["factor_mcc"])
         figures[f"factors_recovered_{name}"] = int(row["n_factors_recovered"])
         figures[f"n_dims_{name}"] = int(row["n_dims"])
+    from cellsae.metrics import phenotype_r2
+
+    for name, x in (("cnn", x_cnn), ("sae", codes)):
+        figures[f"death_r2_{name}_unscaled"] = phenotype_r2(
+            x, cells.obs["dead"].to_numpy().astype(float), groups=cells.obs["donor"].to_numpy(),
+            standardize=False, seed=args.seed).r2
     # factor recovery with a latent per factor (Pearson as a second view)
     factors = np.asarray(cells.obsm["factors"])
     figures["factor_mcc_pearson_cnn"] = match_factors(x_cnn, factors, method="pearson").mcc

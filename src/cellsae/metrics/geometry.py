@@ -328,7 +328,7 @@ def _r2(y: np.ndarray, pred: np.ndarray) -> float:
 
 
 def phenotype_r2(x, values, *, groups=None, n_splits: int = 5, n_components: int | None = 250,
-                 alphas=None, seed: SeedLike = 42) -> R2Result:
+                 alphas=None, standardize: bool = True, seed: SeedLike = 42) -> R2Result:
     """Cross-validated R² of a phenotype from a representation (scaler → PCA → RidgeCV).
 
     Parameters
@@ -346,6 +346,9 @@ def phenotype_r2(x, values, *, groups=None, n_splits: int = 5, n_components: int
         skips PCA. Sparse inputs are scaled without centring and reduced by TruncatedSVD.
     alphas : sequence of float, optional
         Ridge penalties to choose from by inner leave-one-out; default ``logspace(-3, 5, 50)``.
+    standardize : bool
+        Scale every feature to unit variance first (the paper's StandardScaler). For sparse
+        codes this gives rare latents the weight of common ones; ``False`` keeps raw units.
     seed : int or Generator
         Fold shuffling (ungrouped case) and randomised SVD.
 
@@ -389,10 +392,8 @@ def phenotype_r2(x, values, *, groups=None, n_splits: int = 5, n_components: int
     used = 0
     for f, (train, test) in enumerate(splits):
         steps = []
-        if sparse.issparse(x):
-            steps.append(StandardScaler(with_mean=False))
-        else:
-            steps.append(StandardScaler())
+        if standardize:
+            steps.append(StandardScaler(with_mean=not sparse.issparse(x)))
         if n_components is not None:
             nc = int(min(n_components, d, len(train) - 1))
             if sparse.issparse(x):

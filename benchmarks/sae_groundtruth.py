@@ -104,11 +104,11 @@ def main(argv=None) -> int:
                     k=8, steps=args.steps_hard or 50, batch_size=512)
     else:
         easy = dict(toy_kwargs=dict(n_features=512, d=256, n_active=5), n_train=200_000,
-                    n_eval=10_000, d_sae=1024, k=5, steps=args.steps_easy or 2000,
+                    n_eval=10_000, d_sae=1024, k=5, steps=args.steps_easy or 1500,
                     batch_size=1024)
         hard = dict(toy_kwargs=dict(n_features=4096, d=512, n_active=25, correlation=0.3,
                                     hierarchy=0.2), n_train=200_000, n_eval=10_000,
-                    d_sae=4096, k=25, steps=args.steps_hard or 500, batch_size=2048)
+                    d_sae=4096, k=25, steps=args.steps_hard or 400, batch_size=2048)
     figures: dict = {"quick": bool(args.quick), "torch_threads": torch.get_num_threads()}
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     archs_hard = [a.strip() for a in (args.archs_hard or args.archs).split(",") if a.strip()]

@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     from cellsae.datasets.toy import toy_superposition
     from cellsae.sae.data import open_source
 
-    steps = args.steps or (4 if args.quick else 60)
+    steps = args.steps or (3 if args.quick else 60)
     batch = args.batch_size
     n_eval = 2048 if args.quick else 8192
     encode_n = args.encode_samples or (50_000 if args.quick else 1_000_000)

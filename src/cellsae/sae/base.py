@@ -307,7 +307,7 @@ class SAE(nn.Module):
             self.train(was_training)
 
     @torch.no_grad()
-    def decode(self, Z):
+    def decode(self, Z, *, batch_size: int = 8192):
         """Reconstruct inputs from codes.
 
         Parameters
@@ -322,6 +322,12 @@ class SAE(nn.Module):
         """
         as_tensor = isinstance(Z, torch.Tensor)
         if sparse.issparse(Z):
+            if Z.ndim != 2 or Z.shape[1] != self.d_sae:
+                raise ValueError(f"Z must have shape (n_samples, {self.d_sae}), got {Z.shape}")
+            Z = sparse.csr_matrix(Z)
+            if Z.shape[0] > batch_size:  # densify one block at a time
+                return np.concatenate([self.decode(Z[i:i + batch_size].toarray())
+                                       for i in range(0, Z.shape[0], batch_size)])
             Z = Z.toarray()
         z = torch.as_tensor(np.asarray(Z, dtype=np.float32) if not as_tensor else Z)
         if z.ndim != 2 or z.shape[1] != self.d_sae:

@@ -126,3 +126,29 @@ def test_pathway_activity_with_decoupler(rng):
     assert np.corrcoef(scores["B1"], programs[:, 1])[0, 1] > 0.6
     with pytest.raises(ValueError, match="no method"):
         pathway_activity(adata, sets, method="not_a_method")
+
+
+def _patchseq(shared_data):
+    path = shared_data / "gouwens2020_patchseq" / "adata_RNA_TEM.h5ad"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    return ad.read_h5ad(path)  # 448 neurons, log-normalised: used as is
+
+
+def test_gene_modules_on_real_patchseq_rna(shared_data):
+    adata = _patchseq(shared_data)
+    tl.gene_modules(adata, n_top_genes=100, resolutions=[0.3, 1.0], n_seeds=1, seed=0)
+    params = adata.uns["gene_modules"]["params"]
+    assert params["normalized"] is False and params["n_genes"] == 100
+    hierarchy = tl.get_hierarchy(adata)
+    assert hierarchy.n_modules[0] >= 2 and hierarchy.n_modules[1] >= hierarchy.n_modules[0]
+    assert hierarchy.nesting_consistency >= 0.8
+
+
+@pytest.mark.slow
+def test_automatic_levels_on_real_patchseq_rna(shared_data):
+    adata = _patchseq(shared_data)
+    tl.gene_modules(adata, n_top_genes=300, n_bootstrap=5, seed=0)
+    hierarchy = tl.get_hierarchy(adata)
+    assert hierarchy.n_levels >= 2 and hierarchy.nesting_consistency >= 0.9
+    assert np.nanmean(hierarchy.module_stability[0]) >= 0.8

@@ -242,7 +242,7 @@ def default_resolutions(objective: str = "modularity") -> list[float]:
 
 def scan_resolutions(graph: sparse.spmatrix, resolutions=None, *, objective: str = "modularity",
                      n_seeds: int = 2, seed: SeedLike = 0, min_module_size: int = 1,
-                     stop_unassigned: float = 0.5) -> ResolutionScan:
+                     stop_unassigned: float = 0.2) -> ResolutionScan:
     """Run Leiden with ``n_seeds`` seeds at each resolution of a grid.
 
     Parameters
@@ -258,8 +258,9 @@ def scan_resolutions(graph: sparse.spmatrix, resolutions=None, *, objective: str
     seed, min_module_size
         As in :func:`leiden_partition`.
     stop_unassigned
-        Stop the scan (skip higher resolutions) after two resolutions in a row leave more
-        than this fraction of genes unassigned: past that point the graph only fragments.
+        Stop the scan (skip higher resolutions) after two resolutions in a row leave this
+        fraction of the genes more unassigned than the least so far: past that point the
+        graph only fragments into pieces smaller than ``min_module_size``.
     """
     resolutions = check_resolutions(default_resolutions(objective) if resolutions is None
                                     else resolutions)
@@ -271,13 +272,16 @@ def scan_resolutions(graph: sparse.spmatrix, resolutions=None, *, objective: str
     g = _to_igraph(graph)
     partitions, counts, stability = [], [], []
     fragmented = 0
+    least: float | None = None
     for resolution in progress(resolutions, desc="resolution scan"):
         best, agreement = _best_of_seeds(g, resolution, seeds, objective=objective,
                                          min_module_size=min_module_size)
         partitions.append(best)
         counts.append(n_modules_of(best))
         stability.append(agreement)
-        fragmented = fragmented + 1 if np.mean(best < 0) > stop_unassigned else 0
+        unassigned = float(np.mean(best < 0))
+        least = unassigned if least is None else min(least, unassigned)
+        fragmented = fragmented + 1 if unassigned > least + stop_unassigned else 0
         if fragmented >= 2:
             break
     n = len(partitions)

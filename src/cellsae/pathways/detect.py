@@ -114,8 +114,8 @@ def find_hierarchy(
     Returns
     -------
     :class:`Hierarchy`; with ``n_bootstrap > 0`` its ``module_stability`` and
-    ``gene_stability`` are set and ``params["coclustering"]`` is not stored (it is
-    ``n_genes²``); use :func:`bootstrap_coclustering` for the per-pair matrices.
+    ``gene_stability`` are set. The per-pair co-clustering matrices (``n_genes²`` each)
+    are not kept; :func:`bootstrap_coclustering` returns them.
     """
     x, genes = _check_inputs(x, genes, min_module_size)
     rng = as_rng(seed)

@@ -23,7 +23,7 @@ def _layout(hierarchy):
         x += w
     for i in range(1, hierarchy.n_levels):
         parents = hierarchy.parents[i]
-        orphan_x = x_end = 1.0
+        orphan_x = 1.0
         for parent in range(len(hierarchy.module_names[i - 1])):
             children = np.flatnonzero(parents == parent)
             if not children.size or (i - 1, parent) not in spans:
@@ -41,7 +41,6 @@ def _layout(hierarchy):
             spans[(i, int(c))] = (orphan_x, w)
             boxes.append((i, orphan_x, w, hierarchy.module_names[i][c], int(sizes[i][c]), int(c)))
             orphan_x += w
-        del x_end
     return boxes
 
 

@@ -149,7 +149,9 @@ def latents_anndata(codes, *, obs: pd.DataFrame | None = None, var_names=None,
     ----------
     codes : (n_cells, n_latents) CSR matrix / array, or an AnnData
         Non-negative latent activations. With an AnnData, the codes are taken from
-        ``use_rep`` (an ``obsm`` key such as ``"X_sae"``, or ``X``) and its ``obs`` is kept.
+        ``use_rep`` (an ``obsm`` key such as ``"X_sae"``, or ``X`` as written by
+        :func:`cellsae.tl.sae_encode`, whose latent names and ``uns["sae"]`` are kept) and
+        its ``obs`` is kept.
     obs : DataFrame, optional
         Cell metadata (n_cells rows), e.g. the crops' ``obs``.
     var_names : sequence of str, optional
@@ -181,10 +183,13 @@ def latents_anndata(codes, *, obs: pd.DataFrame | None = None, var_names=None,
 
     if transform not in TRANSFORMS:
         raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+    source = None
     if isinstance(codes, ad.AnnData):
         source = codes
         codes = get_rep(source, use_rep)
         obs = source.obs.copy() if obs is None else obs
+        if use_rep in (None, "X") and var_names is None:
+            var_names = source.var_names  # e.g. from cellsae.tl.sae_encode
     codes = sparse.csr_matrix(codes, dtype=np.float32)
     codes.eliminate_zeros()
     n, d = codes.shape
@@ -241,6 +246,8 @@ def latents_anndata(codes, *, obs: pd.DataFrame | None = None, var_names=None,
     adata = ad.AnnData(X=x, obs=obs_df, var=stats.loc[keep].copy())
     adata.layers["activations"] = raw
     adata.uns["latents"] = info
+    if source is not None and "sae" in source.uns:
+        adata.uns["sae"] = source.uns["sae"]
     return adata
 
 

@@ -149,9 +149,10 @@ def main(argv=None) -> int:
     from cellsae.align.result import GWResult
     from cellsae.metrics.alignment import foscttm
 
-    sizes = [int(s) for s in (args.sizes or ("1000" if args.quick else "1000,2000,5000")).split(",")]
-    scalable = [int(s) for s in (args.scalable or ("5000" if args.quick else
-                                                   "10000,50000,100000")).split(",")]
+    sizes_arg = args.sizes or ("1000" if args.quick else "1000,2000,5000")
+    sizes = [] if sizes_arg == "none" else [int(s) for s in sizes_arg.split(",")]
+    scal_arg = args.scalable or ("5000" if args.quick else "10000,50000,100000")
+    scalable = [] if scal_arg == "none" else [int(s) for s in scal_arg.split(",")]
     fig: dict = {"quick": bool(args.quick), "epsilon": EPSILON, "n_neighbors": K,
                  "cpu_threads": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:

@@ -112,8 +112,8 @@ def extract(
     """
     from .._utils import atomic_path
     from ..crops import read_h5sc
+    from ..embed import extract as run_extract
     from ..embed import load_encoder
-    from ..embed.extract import extract as run_extract
 
     if out.exists() and not overwrite:
         raise FileExistsError(f"'{out}' exists; pass --overwrite or choose another path")

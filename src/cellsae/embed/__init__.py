@@ -18,6 +18,7 @@ from .base import Encoder, build_encoder, encoder_names, renorm_unit_per_out_cha
 from .evaluate import (ProbeResult, crop_statistics, linear_probe, measurement_features,
                        segmented_measurements,
                        pixel_pca, probe_split)
+from .extract import ExtractResult, TokenStore, extract  # the function shadows the module name
 from .io import load_encoder, save_encoder
 from .resnet import ResNetEncoder, resnet_paper
 from .splits import SplitError, check_split, make_split, split_cells, split_groups
@@ -25,7 +26,7 @@ from .train import TrainConfig, TrainResult, train_encoder
 from .vit import ViTEncoder
 
 __all__ = [
-    "AugmentConfig", "Encoder", "ProbeResult", "ResNetEncoder", "SplitError", "TrainConfig",
+    "AugmentConfig", "Encoder", "ExtractResult", "TokenStore", "extract", "ProbeResult", "ResNetEncoder", "SplitError", "TrainConfig",
     "TrainResult", "ViTEncoder", "augment", "build_encoder", "check_split", "crop_statistics",
     "encoder_names", "linear_probe", "load_encoder", "make_split", "measurement_features",
     "pixel_pca", "probe_split", "renorm_unit_per_out_channel_", "resnet_paper", "save_encoder",

@@ -541,6 +541,9 @@ def train_encoder(crops, labels, *, donors=None, split=None, split_mode: str = "
         start_epoch, step = meta["epoch"] + 1, meta["step"]
         logger.info("resumed training from %s at epoch %d", out_dir, start_epoch)
 
+    if not resume and out_dir is not None and (out_dir / "last.json").exists():
+        logger.warning("'%s' holds a previous run; it will be overwritten (resume=True "
+                       "continues it instead)", out_dir)
     train_module: nn.Module = module
     if dist_info.world > 1:
         from torch.nn.parallel import DistributedDataParallel

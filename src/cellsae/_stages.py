@@ -79,7 +79,7 @@ def stage_ingest(ctx: StageContext) -> None:
     settings.setdefault("seed", cfg.run.seed)
     result = ingest(plates_dir, ctx.out / "cells.h5sc", platemap=platemap, config=settings)
     ctx.metrics.update({k: v for k, v in result.to_dict().items()
-                        if isinstance(v, int | float | str)})
+                        if isinstance(v, int | float) and k != "path"})
     if world is not None:
         ctx.metrics.update(_score_ingest(ctx.out / "cells.h5sc", world / "plates"))
 
@@ -112,7 +112,8 @@ def _crops_path(ctx: StageContext) -> Path:
 
 def stage_embed(ctx: StageContext) -> None:
     from .crops import CropStore, read_h5sc
-    from .embed import crop_statistics, extract, linear_probe, pixel_pca, train_encoder
+    from .embed import crop_statistics, linear_probe, pixel_pca, train_encoder
+    from .embed.extract import extract
 
     cfg = ctx.config
     crops_path = _crops_path(ctx)
@@ -146,8 +147,8 @@ def stage_embed(ctx: StageContext) -> None:
                            labels[test], groups_test=donors[test])
         probes[name] = res
         ctx.metrics[f"probe_acc_{name}"] = float(res.accuracy)
-    cells.uns["probe"] = {name: res.to_dict() for name, res in probes.items()}
-    cells.uns["encoder_training"] = result.to_dict()
+    _json(ctx.out / "encoder.json", {"probe": {name: res.to_dict() for name, res in probes.items()},
+                                     "training": result.to_dict()})
     ctx.metrics["train_crops_per_s"] = float(result.train_crops_per_s)
     ctx.metrics["best_val_acc"] = float(result.best_val_acc)
     cells.uns.pop("h5sc_path", None)
@@ -181,16 +182,23 @@ def stage_sae(ctx: StageContext) -> None:
         model = sae_mod.load(cfg.inputs.sae_checkpoint)
     else:
         s = cfg.sae
+        settings = {"batch_size": min(s.batch_size, max(16, len(x) // 4)), **s.settings}
+        resume = ctx.checkpoint_dir if any(ctx.checkpoint_dir.glob("step_*.json")) else None
         model = sae_mod.train(x, s.arch, s.d_sae, s.k, preset=s.preset, n_epochs=s.n_epochs,
                               seed=cfg.run.seed, device=cfg.run.device,
-                              checkpoint_dir=ctx.checkpoint_dir, resume="auto"
-                              if False else None, **s.settings)
+                              checkpoint_dir=ctx.checkpoint_dir, checkpoint_every=100,
+                              resume=resume, **settings)
     model.save(ctx.out / "sae.safetensors")
     report = sae_mod.evaluate(model, x)
     ctx.metrics.update({k: v for k, v in report.to_dict().items()
                         if isinstance(v, int | float)})
     latents = sae_encode(cells, model, use_rep="X_cnn")
-    cells.obsm["X_sae"] = latents.X
+    for key in ("X_cnn", "X_measure", "X_pixels", "factors", "programs"):
+        if key in cells.obsm:
+            latents.obsm[key] = np.asarray(cells.obsm[key])
+    if "X_measure_names" in cells.uns:
+        latents.uns["X_measure_names"] = [str(n) for n in cells.uns["X_measure_names"]]
+    latents.uns["crops_path"] = cells.uns.get("crops_path", "")
     _write_h5ad(latents, ctx.out / "latents.h5ad")
 
 
@@ -198,51 +206,64 @@ def stage_sae(ctx: StageContext) -> None:
 
 
 def stage_analyze(ctx: StageContext) -> None:
+    from scipy import sparse
+
     from . import tl
+    from .tl.differential import significant_mask
 
     cfg = ctx.config
     a = cfg.analyze
     raw = ad.read_h5ad(_outputs(ctx, "sae") / "latents.h5ad")
     adata = tl.latents_anndata(raw)
-    for key in ("X_cnn", "X_measure", "X_pixels", "factors"):
+    for key in ("X_cnn", "X_measure", "X_pixels", "factors", "programs"):
         if key in raw.obsm:
-            adata.obsm[key] = raw.obsm[key]
+            adata.obsm[key] = np.asarray(raw.obsm[key])
+    acts = adata.layers["activations"] if "activations" in adata.layers else adata.X
+    adata.obsm["X_sae"] = (acts.toarray() if sparse.issparse(acts) else np.asarray(acts)
+                           ).astype(np.float32)
     tl.pca_latents(adata, n_comps=min(50, adata.n_vars - 1), seed=cfg.run.seed)
-    adata.obsm["X_sae"] = adata.obsm["X_pca"]
     tl.cluster_latents(adata, n_neighbors=a.n_neighbors, resolution=a.leiden_resolution,
                        seed=cfg.run.seed)
-    label = cfg.inputs.label_key
-    healthy = "healthy" if "healthy" in set(adata.obs[label].astype(str)) else None
-    root_group = {label: healthy} if healthy else None
+    label, donor = cfg.inputs.label_key, cfg.inputs.donor_key
     phenotype = cfg.inputs.phenotype_key
-    tl.pseudotime(adata, root_group=root_group,
+    healthy = "healthy" if "healthy" in set(adata.obs[label].astype(str)) else None
+    tl.pseudotime(adata, root_group={label: healthy} if healthy else None,
                   live_key=phenotype if phenotype in adata.obs else None)
-    de_sae = tl.differential_features(adata, label, reference=healthy or "rest",
-                                      alpha=a.differential_alpha)
-    de_cnn = tl.differential_features(adata, label, reference=healthy or "rest",
-                                      use_rep="X_cnn", alpha=a.differential_alpha,
-                                      key_added="differential_cnn")
-    ctx.metrics["de_features_sae"] = int(tl.count_significant(de_sae, alpha=a.differential_alpha))
-    ctx.metrics["de_features_cnn"] = int(tl.count_significant(de_cnn, alpha=a.differential_alpha))
-    de_sae.to_csv(ctx.out / "differential_sae.csv", index=False)
+    tables = {}
+    for name, rep in (("sae", None), ("cnn", "X_cnn")):
+        de = tl.differential_features(adata, label, reference=healthy or "rest", use_rep=rep,
+                                      alpha=a.differential_alpha, key_added=f"differential_{name}")
+        mask = significant_mask(de, alpha=a.differential_alpha)
+        ctx.metrics[f"de_features_{name}"] = int(de.loc[mask, "feature"].nunique())
+        tables[name] = de
+    tables["sae"].to_csv(ctx.out / "differential_sae.csv", index=False)
+    tables["cnn"].to_csv(ctx.out / "differential_cnn.csv", index=False)
     if phenotype in adata.obs:
         reps = [r for r in ("X_cnn", "X_sae", "X_measure") if r in adata.obsm]
-        table = tl.compare_representations(adata, reps=reps, phenotype=phenotype,
-                                           groupby=label, k=a.knn_k, n_seeds=a.n_seeds,
-                                           factors="factors" if "factors" in adata.obsm else None)
+        table = tl.compare_representations(
+            adata, reps=reps, phenotype=phenotype, k=a.knn_k, strata_key=label,
+            groups_key=donor if donor in adata.obs else None,
+            factors_key="factors" if "factors" in adata.obsm else None,
+            n_bootstrap=a.n_bootstrap, seed=cfg.run.seed)
         table.to_csv(ctx.out / "geometry.csv")
+        for rep in reps:
+            for metric in ("knn_sd_ratio", "morans_i", "phenotype_r2", "factor_mcc"):
+                if metric in table.columns:
+                    ctx.metrics[f"{metric}_{rep[2:]}"] = float(table.loc[rep, metric])
     if "t" in adata.obs and "dpt_pseudotime" in adata.obs:
         from scipy.stats import spearmanr
 
         ctx.metrics["dpt_t_spearman"] = float(spearmanr(adata.obs["dpt_pseudotime"],
                                                         adata.obs["t"]).statistic)
-    if "factors" in adata.obsm:
-        from .metrics import match_factors
-
-        for rep in ("X_cnn", "X_sae"):
-            source = adata.obsm[rep] if rep == "X_cnn" else adata.layers.get("activations", adata.X)
-            m = match_factors(source, np.asarray(adata.obsm["factors"]))
-            ctx.metrics[f"factor_mcc_{rep[2:]}"] = float(m.mcc)
+    names = raw.uns.get("X_measure_names")
+    if "X_measure" in adata.obsm and names is not None:
+        adata.obsm["measurements"] = pd.DataFrame(adata.obsm["X_measure"], index=adata.obs_names,
+                                                  columns=[str(n) for n in names])
+    annotation = tl.annotate_latents(adata, measurements="measurements" if "measurements" in
+                                     adata.obsm else None, categorical=[label],
+                                     death_key=phenotype if phenotype in adata.obs else None)
+    annotation.to_csv(ctx.out / "latent_annotation.csv")
+    adata.obsm.pop("measurements", None)
     _write_h5ad(adata, ctx.out / "latents.h5ad")
 
 
@@ -265,21 +286,41 @@ def stage_align(ctx: StageContext) -> None:
     cfg = ctx.config
     cells = ad.read_h5ad(_outputs(ctx, "analyze") / "latents.h5ad")
     rna = _rna(ctx)
-    settings = {"seed": cfg.run.seed, **cfg.align.settings}
-    result = tl.gw_map(cells, rna, use_rep="X_sae", **settings)
-    result.save(ctx.out / "gw")
     label = cfg.inputs.label_key
+    settings = {"seed": cfg.run.seed, "device": cfg.run.device, **cfg.align.settings}
+    if label in rna.obs:
+        settings.setdefault("labels_key", label)
+    result = tl.gw_map(cells, rna, use_rep_img="X_sae", **settings)
+    result.save(ctx.out / "gw.npz")
+    _json(ctx.out / "gw_summary.json", cells.uns.pop("gw_map", {}))
+    rna.uns.pop("gw_map", None)
+    ctx.metrics.update({k: v for k, v in result.to_dict().items()
+                        if isinstance(v, int | float | bool) and not isinstance(v, bool)})
     if label in rna.obs and label in cells.obs:
         for method in ("argmax", "barycentric"):
-            ctx.metrics[f"label_transfer_{method}"] = float(result.label_transfer_accuracy(
-                rna.obs[label].astype(str).to_numpy(), cells.obs[label].astype(str).to_numpy(),
-                method=method))
-    if "rna_index" in cells.obs and (cells.obs["rna_index"] >= 0).all():
-        ctx.metrics["foscttm"] = float(result.foscttm(cells.obs["rna_index"].to_numpy()))
-    imputed = tl.gw_impute(cells, rna, result) if hasattr(tl, "gw_impute") else None
-    if imputed is not None:
-        _write_h5ad(imputed, ctx.out / "imputed.h5ad")
+            ctx.metrics[f"label_transfer_{method}"] = result.label_transfer_accuracy(
+                cells.obs[label].astype(str).to_numpy(), rna.obs[label].astype(str).to_numpy(),
+                method=method)
+    if "rna_index" in cells.obs and (cells.obs["rna_index"].to_numpy() >= 0).all():
+        ctx.metrics["foscttm"] = result.foscttm(cells.obs["rna_index"].to_numpy())
+    # imputed expression on image cells (log-normalised RNA), and which genes images predict
+    import scanpy as sc
+
+    norm = rna.copy()
+    sc.pp.normalize_total(norm, target_sum=1e4)
+    sc.pp.log1p(norm)
+    imputed = ad.AnnData(X=result.impute(norm).astype(np.float32), obs=cells.obs.copy(),
+                         var=rna.var.copy())
+    pred = result.predictability(np.asarray(cells.obsm["X_sae"]), norm,
+                                 n_permutations=cfg.align.n_permutations, seed=cfg.run.seed)
+    pred.to_csv(ctx.out / "predictability.csv")
+    imputed.var = imputed.var.join(pred.add_prefix("predict_"), how="left")
+    ctx.metrics["n_predictable_genes"] = int(pred["predictable"].sum())
+    ctx.metrics["median_r2"] = float(pred["r2"].median())
+    _write_h5ad(imputed, ctx.out / "imputed.h5ad")
     _write_h5ad(cells, ctx.out / "cells.h5ad")
+    rna_map = ad.AnnData(obs=rna.obs.copy(), obsm={"X_gw_map": rna.obsm["X_gw_map"]})
+    _write_h5ad(rna_map, ctx.out / "rna_map.h5ad")
 
 
 # -- pathways -----------------------------------------------------------------------------

@@ -93,8 +93,9 @@ class SAESection(StrictModel):
     d_sae: int = Field(1024, ge=2)
     k: int | None = Field(16, ge=1)
     preset: str | None = None
-    n_epochs: float | None = Field(60, gt=0)
-    settings: dict[str, Any] = Field(default_factory=dict)
+    n_epochs: float | None = Field(100, gt=0)
+    batch_size: int = Field(256, ge=2)
+    settings: dict[str, Any] = Field(default_factory=dict)  # more keyword arguments of sae.train
 
 
 class AnalyzeSection(StrictModel):
@@ -102,14 +103,14 @@ class AnalyzeSection(StrictModel):
     n_neighbors: int = Field(15, ge=2)
     leiden_resolution: float = Field(0.5, gt=0)
     knn_k: int = Field(5, ge=1)
-    n_seeds: int = Field(3, ge=1)
+    n_bootstrap: int = Field(200, ge=0)
     differential_alpha: float = Field(0.05, gt=0, lt=1)
 
 
 class AlignSection(StrictModel):
     enabled: bool = True
-    settings: dict[str, Any] = Field(default_factory=dict)
-    max_cells: int = Field(3000, ge=10)
+    settings: dict[str, Any] = Field(default_factory=dict)  # keyword arguments of tl.gw_map
+    n_permutations: int = Field(20, ge=0)
 
 
 class PathwaysSection(StrictModel):
@@ -300,8 +301,12 @@ class Pipeline:
         if tmp.exists():
             shutil.rmtree(tmp)
         (tmp / "outputs").mkdir(parents=True)
+        # checkpoints are keyed by the stage's fingerprint: a changed parameter starts afresh,
+        # an interrupted run with the same parameters resumes
+        key = hashlib.sha256(json.dumps(self._fingerprint(stage), sort_keys=True)
+                             .encode()).hexdigest()[:12]
         ctx = StageContext(stage.name, self.config, self.run_dir, tmp / "outputs",
-                           self.run_dir / ".checkpoints" / stage.name)
+                           self.run_dir / ".checkpoints" / stage.name / key)
         logger.info("stage %-8s running", stage.name)
         t0 = time.perf_counter()
         try:

@@ -145,8 +145,8 @@ def _encoder(report: Report, run_dir, manifests, cfg) -> None:
     if not path.exists():
         report.text("The encoder stage did not run (embeddings were given as input).")
         return
-    cells = ad.read_h5ad(path)
-    probe = cells.uns.get("probe", {})
+    info = json.loads((_out(run_dir, "embed") / "encoder.json").read_text())
+    probe = info["probe"]
     rows = {name: {"accuracy": p["accuracy"], "balanced accuracy": p["balanced_accuracy"],
                    "test cells": p["n_test"]} for name, p in probe.items()}
     report.table(pd.DataFrame(rows).T, "Linear probe of genotype on held-out donors: CNN "
@@ -168,7 +168,7 @@ def _encoder(report: Report, run_dir, manifests, cfg) -> None:
         ax.set_title("CNN probe, held-out donors")
         report.figure(fig, "Confusion matrix of the CNN probe on cells of held-out donors.",
                       name="encoder_confusion")
-    hist = cells.uns.get("encoder_training", {}).get("history")
+    hist = info["training"].get("history")
     if hist:
         h = pd.DataFrame(hist)
         fig, ax = plt.subplots(figsize=(4.5, 3))
@@ -208,7 +208,7 @@ def _latents(report: Report, run_dir, manifests, cfg) -> None:
     colours = [c for c in (label, cfg.inputs.phenotype_key, "dpt_pseudotime", "leiden", "t")
                if c in adata.obs]
     if "X_umap" in adata.obsm:
-        for c in colours:
+        for c in list(colours):
             if adata.obs[c].dtype == bool:
                 adata.obs[c] = adata.obs[c].astype(str).astype("category")
         fig, axes = plt.subplots(1, len(colours), figsize=(4.2 * len(colours), 3.8))
@@ -221,11 +221,37 @@ def _latents(report: Report, run_dir, manifests, cfg) -> None:
         fig, ax = plt.subplots(figsize=(5, 4))
         sc.pl.paga(adata, ax=ax, show=False, fontsize=9)
         report.figure(fig, "PAGA graph between Leiden clusters of SAE latents.", name="paga")
-    table_path = None
-    if "latent_annotation" in adata.uns:
-        table_path = adata.uns["latent_annotation"]
-    if isinstance(table_path, dict):
-        report.table(pd.DataFrame(table_path).head(20), "What the top latents encode.")
+    ann_path = _out(run_dir, "analyze") / "latent_annotation.csv"
+    if ann_path.exists():
+        ann = pd.read_csv(ann_path, index_col=0)
+        labelled = ann[ann["label"] != "unclear"] if "label" in ann else ann
+        report.table((labelled if len(labelled) else ann).head(20),
+                     "What latents appear to encode: best-correlated hand-crafted measurement, "
+                     "genotype and death enrichment (BH-adjusted).")
+        _latent_galleries(report, run_dir, adata, labelled if len(labelled) else ann, cfg)
+
+
+def _latent_galleries(report: Report, run_dir, adata, ann: pd.DataFrame, cfg) -> None:
+    from ..crops import CropStore
+    from ..pl import latent_gallery
+
+    emb = _out(run_dir, "embed") / "cells.h5ad"
+    if not emb.exists():
+        return
+    crops_path = ad.read_h5ad(emb, backed="r").uns.get("crops_path")
+    if not crops_path or not Path(crops_path).exists():
+        return
+    store = CropStore(crops_path)
+    score = ann.get("genotype_effect", pd.Series(0, index=ann.index)).abs() + \
+        ann.get("death_effect", pd.Series(0, index=ann.index)).abs()
+    for latent in score.sort_values(ascending=False).index[:4]:
+        if latent not in adata.var_names:
+            continue
+        fig = latent_gallery(adata, latent, store, n=8, ncols=8,
+                             title=f"{latent}: {ann.loc[latent, 'label']}" if "label" in ann
+                             else latent)
+        report.figure(_figure_of(fig), f"Top-activating cells of {latent}.",
+                      name=f"latent_{latent}", width=900)
 
 
 def _differential(report: Report, run_dir, manifests, cfg) -> None:
@@ -262,27 +288,53 @@ def _geometry(report: Report, run_dir, manifests, cfg) -> None:
 
 
 def _align(report: Report, run_dir, manifests, cfg) -> None:
+    from .. import pl
+    from ..align import load_result
+
     m = _metrics(manifests, "align")
     if not m:
         return
+    out = _out(run_dir, "align")
     report.text("GW-map couples imaged cells with sequenced cells using only the geometry of "
-                "each space (no shared features, no pairing).")
-    report.table(pd.Series(m, name="value").to_frame(), "GW-map figures.")
-    try:
-        from .. import pl
-        from ..align import load_result
+                "each space (no shared features, no pairing). Hyperparameters (kNN size, "
+                "entropic ε) are chosen without labels; labels and the true pairing are used "
+                "only to score the result.")
+    keys = [k for k in ("label_transfer_argmax", "label_transfer_barycentric", "foscttm",
+                        "n_predictable_genes", "median_r2") if k in m]
+    report.kpis({k.replace("_", " "): m[k] for k in keys})
+    result = load_result(out / "gw.npz")
+    cells = ad.read_h5ad(out / "cells.h5ad")
+    rna = ad.read_h5ad(out / "rna_map.h5ad")
+    label = cfg.inputs.label_key
+    if label in cells.obs and label in rna.obs:
+        fig = pl.coupling_heatmap(result, cells.obs[label].astype(str).to_numpy(),
+                                  rna.obs[label].astype(str).to_numpy())
+        report.figure(_figure_of(fig), "Coupling mass between image groups (rows) and RNA "
+                      "groups (columns), each row normalised.", name="gw_coupling", width=520)
+        pred_col = f"gw_map_{label}"
+        if pred_col in cells.obs:
+            fig = pl.gw_confusion(cells.obs[label].astype(str).to_numpy(),
+                                  cells.obs[pred_col].astype(str).to_numpy())
+            report.figure(_figure_of(fig), "Labels transferred from RNA to image cells "
+                          "(rows: the image cell's own label).", name="gw_confusion", width=480)
+    if "X_gw_map" in cells.obsm and "X_gw_map" in rna.obsm:
+        fig = pl.gw_joint_embedding(cells, rna, color_img=label if label in cells.obs else None,
+                                    color_rna=label if label in rna.obs else None)
+        report.figure(_figure_of(fig), "Image cells projected into RNA space through the "
+                      "coupling, over the RNA cells.", name="gw_joint", width=620)
+    pred_path = out / "predictability.csv"
+    if pred_path.exists():
+        pred = pd.read_csv(pred_path, index_col=0)
+        report.figure(_figure_of(pl.gw_predictability(pred)), "Genes ranked by how well image "
+                      "features predict their imputed expression (cross-validated R², with a "
+                      "permutation null).", name="gw_predictability")
+        report.table(pred.sort_values("r2", ascending=False).head(15),
+                     "Most predictable genes.")
 
-        result = load_result(_out(run_dir, "align") / "gw")
-        cells = ad.read_h5ad(_out(run_dir, "align") / "cells.h5ad")
-        rna = _rna_for_report(run_dir, cfg)
-        label = cfg.inputs.label_key
-        if hasattr(pl, "coupling_heatmap") and rna is not None:
-            fig = pl.coupling_heatmap(result, cells.obs[label].astype(str).to_numpy(),
-                                      rna.obs[label].astype(str).to_numpy())
-            report.figure(fig, "Coupling mass between image groups (rows) and RNA groups.",
-                          name="gw_coupling")
-    except (ImportError, FileNotFoundError, KeyError) as err:
-        report.warning(f"coupling figure unavailable: {err}")
+
+def _figure_of(obj):
+    """pl functions return a Figure or an Axes; the report wants the Figure."""
+    return obj.figure if hasattr(obj, "figure") and not hasattr(obj, "savefig") else obj
 
 
 def _rna_for_report(run_dir, cfg):

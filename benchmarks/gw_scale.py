@@ -41,7 +41,7 @@ import numpy as np
 EPSILON = 5e-3
 K = 15
 # POT's tol (1e-9 on ||ΔT||_F) is never met in float32: cap its outer loop
-POT_MAX_ITER = int(os.environ.get("GW_SCALE_POT_MAX_ITER", "100"))
+POT_MAX_ITER = int(os.environ.get("GW_SCALE_POT_MAX_ITER", "100"))  # --quick: 30
 
 
 def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -107,10 +107,10 @@ def _child(kind: str, cost_dir: str, n: int, out: str, rank: int) -> None:
     print(json.dumps({"seconds": seconds, "peak_extra_mb": peak_mb, **info}))
 
 
-def run_child(kind, cost_dir, n, rank, timeout) -> tuple[dict, np.ndarray | None]:
+def run_child(kind, cost_dir, n, rank, timeout, pot_max_iter) -> tuple[dict, np.ndarray | None]:
     out = Path(cost_dir) / f"T_{kind}_{n}.npy"
     cmd = [sys.executable, __file__, "--child", kind, "--cost-dir", cost_dir, "--n", str(n),
-           "--child-out", str(out), "--rank", str(rank)]
+           "--child-out", str(out), "--rank", str(rank), "--pot-max-iter", str(pot_max_iter)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -128,6 +128,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pot-max", type=int, default=5000)
     ap.add_argument("--scalable", default=None)
     ap.add_argument("--exact-10k", action="store_true")
+    ap.add_argument("--pot-max-iter", type=int, default=None,
+                    help="cap on POT's outer iterations (default 100, 30 with --quick)")
     ap.add_argument("--timeout", type=int, default=1800)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--cost-dir", default=None, help=argparse.SUPPRESS)
@@ -136,6 +138,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
+        global POT_MAX_ITER
+        POT_MAX_ITER = args.pot_max_iter
         _child(args.child, args.cost_dir, args.n, args.child_out, args.rank)
         return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -149,11 +153,13 @@ def main(argv=None) -> int:
     from cellsae.align.result import GWResult
     from cellsae.metrics.alignment import foscttm
 
-    sizes_arg = args.sizes or ("1000" if args.quick else "1000,2000,5000")
+    sizes_arg = args.sizes or ("500" if args.quick else "1000,2000,5000")
     sizes = [] if sizes_arg == "none" else [int(s) for s in sizes_arg.split(",")]
     scal_arg = args.scalable or ("5000" if args.quick else "10000,50000,100000")
     scalable = [] if scal_arg == "none" else [int(s) for s in scal_arg.split(",")]
+    pot_max_iter = args.pot_max_iter or (30 if args.quick else POT_MAX_ITER)
     fig: dict = {"quick": bool(args.quick), "epsilon": EPSILON, "n_neighbors": K,
+                 "pot_max_iter": pot_max_iter,
                  "cpu_threads": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
@@ -170,7 +176,7 @@ def main(argv=None) -> int:
             for kind in ("cellsae", "pot", "pot_torch"):
                 if kind != "cellsae" and n > args.pot_max:
                     continue
-                info, coupling = run_child(kind, tmp, n, rank, args.timeout)
+                info, coupling = run_child(kind, tmp, n, rank, args.timeout, pot_max_iter)
                 if coupling is None:
                     logging.warning("%s at n=%d failed: %s", kind, n, info.get("error"))
                     fig[f"error_{kind}_{tag}"] = info.get("error")

@@ -86,6 +86,8 @@ def test_load_errors(tmp_path, toy):
 def test_paper_preset_trains(toy):
     sae = S.train(toy.X, preset="paper", d_sae=32, n_steps=20, batch_size=128, device="cpu")
     assert sae.arch == "gated" and sae.l2_normalise_inputs
+    # a generic k (as configs pass it) is ignored for penalty-based architectures
+    S.train(toy.X, "gated", 16, 32, n_steps=2, batch_size=64, device="cpu")
     assert sae.train_info["config"]["weight_decay"] == 1e-4
     codes = sae.encode(toy.X[:50])
     assert codes.shape == (50, 32)

@@ -367,6 +367,10 @@ def _build_config(arch: str, d_sae: int | None, k: int | None, preset: str | Non
     settings.update(kwargs)
     arch = settings.pop("arch", "batchtopk")
     d_sae = int(settings.pop("d_sae", 4096))
+    if "k" in settings and "k" not in architecture_params(arch):
+        # k is often passed generically (configs, sweeps); it has no meaning here
+        logger.warning("k=%s is ignored: arch %r has no k (its sparsity comes from its "
+                       "penalty)", settings.pop("k"), arch)
     hparams, recipe = _split_kwargs(arch, settings)
     batch_size = int(recipe.get("batch_size", TrainConfig.batch_size))
     recipe["n_steps"] = _resolve_steps(n_rows, batch_size, n_steps, n_epochs)

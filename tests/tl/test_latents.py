@@ -141,3 +141,21 @@ def test_phate_missing_gives_install_hint(rng):
     codes, obs = trajectory_codes(rng, n=30)
     with pytest.raises(ImportError, match="pip install"):
         phate(latents_anndata(codes, obs=obs))
+
+
+def test_pseudotime_on_disconnected_graph_uses_the_largest_component(rng):
+    codes, obs = trajectory_codes(rng, n=300)
+    far = np.zeros((40, codes.shape[1] + 5))
+    far[:, -5:] = rng.uniform(1, 2, size=(40, 5))  # a separate island of cells
+    all_codes = sparse.vstack([sparse.hstack([codes, sparse.csr_matrix((300, 5))]),
+                               sparse.csr_matrix(far)])
+    all_obs = pd.concat([obs, pd.DataFrame({"genotype": "healthy", "dead": 0, "t": np.nan},
+                                           index=range(40))], ignore_index=True)
+    lat = latents_anndata(all_codes, obs=all_obs)
+    pca_latents(lat, n_comps=10, standardize=False)
+    cluster_latents(lat, n_neighbors=10, umap=False, paga=False, method="gauss")
+    pseudotime(lat, root_group={"genotype": "healthy"}, live_key="dead")
+    pt = lat.obs["dpt_pseudotime"].to_numpy()
+    assert np.isnan(pt[300:]).all() and np.isfinite(pt[:300]).all()
+    assert lat.uns["dpt_root"]["n_components_graph"] >= 2
+    assert spearmanr(pt[:300], obs["t"])[0] > 0.9

@@ -523,7 +523,9 @@ def pseudotime(adata, *, root: int | str | None = None,
     """Diffusion map (scanpy) and diffusion pseudotime from a principled root.
 
     Needs the neighbour graph (:func:`cluster_latents` or ``sc.pp.neighbors``). See
-    :func:`dpt_root` for how the root is chosen.
+    :func:`dpt_root` for how the root is chosen. When the neighbour graph is disconnected,
+    pseudotime is computed on the connected component holding the root (the largest one
+    for an automatic root) and is NaN elsewhere, with a warning.
 
     Parameters
     ----------
@@ -545,20 +547,50 @@ def pseudotime(adata, *, root: int | str | None = None,
     if "neighbors" not in adata.uns:
         raise KeyError("no neighbour graph in uns['neighbors']; run cellsae.tl.cluster_latents "
                        "or sc.pp.neighbors first")
-    sc.tl.diffmap(adata, n_comps=n_comps)
-    iroot = dpt_root(adata, root=root, root_group=root_group, live_key=live_key)
-    adata.uns["iroot"] = iroot
+    from scipy.sparse.csgraph import connected_components
+
+    n_parts, part = connected_components(adata.obsp["connectivities"], directed=False)
+    work, keep = adata, None
+    if n_parts > 1:
+        # a disconnected graph makes the diffusion eigenproblem degenerate (ARPACK then
+        # crawls) and pseudotime undefined across components: use the root's component
+        if root is not None:
+            target = part[dpt_root(adata, root=root)]
+        else:
+            target = np.bincount(part).argmax()
+        keep = part == target
+        logger.warning("the neighbour graph has %d connected components; pseudotime is "
+                       "computed on the component of %d cells holding the root (others: NaN)",
+                       n_parts, int(keep.sum()))
+        work = adata[keep].copy()
+        if root is not None:
+            root = int(np.flatnonzero(np.flatnonzero(keep) == dpt_root(adata, root=root))[0])
+    sc.tl.diffmap(work, n_comps=n_comps)
+    iroot = dpt_root(work, root=root, root_group=root_group, live_key=live_key)
+    work.uns["iroot"] = iroot
     if method == "scanpy":
-        sc.tl.dpt(adata, n_dcs=min(n_dcs, n_comps))
+        sc.tl.dpt(work, n_dcs=min(n_dcs, n_comps))
     else:
-        adata.obs["dpt_pseudotime"] = dpt_distances(
-            adata.obsm["X_diffmap"], adata.uns["diffmap_evals"], iroot, n_dcs=min(n_dcs, n_comps))
+        work.obs["dpt_pseudotime"] = dpt_distances(
+            work.obsm["X_diffmap"], work.uns["diffmap_evals"], iroot, n_dcs=min(n_dcs, n_comps))
+    if keep is not None:
+        full = np.full((adata.n_obs, work.obsm["X_diffmap"].shape[1]), np.nan, np.float32)
+        full[keep] = work.obsm["X_diffmap"]
+        adata.obsm["X_diffmap"] = full
+        adata.uns["diffmap_evals"] = work.uns["diffmap_evals"]
+        pt = np.full(adata.n_obs, np.nan)
+        pt[keep] = work.obs["dpt_pseudotime"].to_numpy()
+        adata.obs["dpt_pseudotime"] = pt
+        iroot = int(np.flatnonzero(keep)[iroot])
+        adata.uns["iroot"] = iroot
     rule = "user" if root is not None else "extreme of diffusion component 1 among candidates"
     adata.uns["dpt_root"] = {"index": iroot, "name": str(adata.obs_names[iroot]), "rule": rule,
                              "root_group": {k: (list(v) if isinstance(v, list | tuple | set)
                                                 else v) for k, v in (root_group or {}).items()},
                              "live_key": live_key, "n_comps": n_comps, "n_dcs": n_dcs,
-                             "method": method}
+                             "method": method, "n_components_graph": int(n_parts),
+                             "n_cells_with_pseudotime": int(np.isfinite(
+                                 adata.obs["dpt_pseudotime"].to_numpy(float)).sum())}
     return adata if copy else None
 
 

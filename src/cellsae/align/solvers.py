@@ -169,7 +169,7 @@ def entropic_gw(
     init : (n, m) array, optional
         Starting coupling (default ``p qᵀ``).
     anneal : bool
-        Start at ``epsilon_start`` (default ``20 * epsilon``) and divide ε by
+        Start at ``epsilon_start`` (default ``5 * epsilon``) and divide ε by
         ``1 / anneal_factor`` every outer iteration until ``epsilon`` is reached.
     max_iter : int
         Maximum outer iterations (annealing included).
@@ -292,7 +292,7 @@ def _entropic_gw(C1, C2, p, q, *, epsilon, init, anneal, epsilon_start, anneal_f
         T = T / T.sum()
 
     eps_target = float(epsilon)
-    eps = float(epsilon_start if epsilon_start is not None else 20 * eps_target) if anneal \
+    eps = float(epsilon_start if epsilon_start is not None else 5 * eps_target) if anneal \
         else eps_target
     eps = max(eps, eps_target)
     f = torch.zeros(n, dtype=tdtype, device=device)

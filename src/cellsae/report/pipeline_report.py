@@ -43,6 +43,7 @@ def build_report(ctx) -> Path:
         ("Latents as expression", _latents), ("Differential features", _differential),
         ("Geometric fidelity: CNN vs SAE", _geometry), ("GW-map to scRNA-seq", _align),
         ("Pathway hierarchy", _pathways), ("Scored against the truth", _truth),
+        ("Run parameters", _parameters),
     ]
     for title, fn in sections:
         report.section(title)
@@ -84,6 +85,9 @@ def _summary(report: Report, run_dir, manifests, cfg) -> None:
             kpis[label] = v
     if kpis:
         report.kpis(kpis)
+
+
+def _parameters(report: Report, run_dir, manifests, cfg) -> None:
     params = json.loads((run_dir / "config.json").read_text()) if \
         (run_dir / "config.json").exists() else {}
     flat = pd.json_normalize(params, sep=".").T.rename(columns={0: "value"})

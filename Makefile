@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/cellsae synth --out demo_out/world --n-cells 2000 --plates
+	$(BIN)/cellsae demo --out demo_out
 
 test: install
 	$(BIN)/ruff check src tests benchmarks

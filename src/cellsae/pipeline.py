@@ -360,4 +360,6 @@ def demo_config(out: str | Path = "demo_out", n_cells: int = 2000, seed: int = 0
     return load_pipeline_config({
         "run": {"out": str(out), "seed": seed, "title": "cellsae demo: synthetic neurons"},
         "world": {"enabled": True, "n_cells": n_cells, "seed": seed},
+        # a CPU-sized encoder run; the library default trains longer (see docs/config.md)
+        "embed": {"train": {"epochs": 6}},
     })

@@ -149,7 +149,7 @@ def _encoder(report: Report, run_dir, manifests, cfg) -> None:
     if not path.exists():
         report.text("The encoder stage did not run (embeddings were given as input).")
         return
-    info = json.loads((_out(run_dir, "embed") / "encoder.json").read_text())
+    info = json.loads((_out(run_dir, "embed") / "encoder_report.json").read_text())
     probe = info["probe"]
     rows = {name: {"accuracy": p["accuracy"], "balanced accuracy": p["balanced_accuracy"],
                    "test cells": p["n_test"]} for name, p in probe.items()}

@@ -6,3 +6,4 @@ from .geometry import KnnSdResult, MoransIResult, R2Result, knn_indices, knn_sd_
 from .truth import FactorMatch, factor_correlations, match_factors
 from .segmentation import MatchResult, detection_f1, instance_iou, match_instances, segmentation_f1
 from .sae import SAEReport, sae_report
+from .alignment import foscttm, foscttm_from_scores, label_transfer_accuracy

@@ -8,3 +8,5 @@ from .annotate import annotate_latents, top_cells
 from .compare import compare_representations
 from .pathways import gene_modules, get_hierarchy, module_scores, map_module_scores, module_latent_correlation
 from .sae import sae_encode
+from .pathways import pathway_activity
+from .align import gw_map

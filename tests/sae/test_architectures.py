@@ -49,7 +49,8 @@ def test_shapes_and_sparsity(arch, trained, toy):
     np.testing.assert_allclose(sae.decode(codes, batch_size=64), x_hat, rtol=1e-5, atol=1e-6)
     torch_codes = sae.encode(torch.from_numpy(toy.X[:10]))
     assert isinstance(torch_codes, torch.Tensor) and torch_codes.shape == (10, 96)
-    np.testing.assert_allclose(torch_codes.numpy(), codes[:10].toarray(), rtol=1e-6)
+    # same codes up to float32 summation order (BLAS threads may differ between the paths)
+    np.testing.assert_allclose(torch_codes.numpy(), codes[:10].toarray(), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -54,14 +54,11 @@ def _log_normalize(x):
 def _matched(hierarchy, truth_labels: dict, mask):
     """For each true level: (index of the found level with the nearest count, ARI)."""
     import numpy as np
-    from sklearn.metrics import adjusted_rand_score
 
-    out = {}
-    for level, labels in truth_labels.items():
-        n_true = len(set(labels[mask]))
-        j = int(np.argmin([abs(n - n_true) for n in hierarchy.n_modules]))
-        out[level] = (j, float(adjusted_rand_score(labels[mask], hierarchy.labels[j][mask])))
-    return out
+    from cellsae.pathways import match_levels
+
+    return match_levels(hierarchy, {lv: np.where(mask, np.asarray(lab).astype(str), "")
+                                    for lv, lab in truth_labels.items()})
 
 
 def _decoy_gmt(truth_sets: dict, genes: list, rng) -> dict:

@@ -353,7 +353,17 @@ def stage_pathways(ctx: StageContext) -> None:
     tl.gene_modules(expr, **settings)
     hierarchy = tl.get_hierarchy(expr)
     hierarchy.save(ctx.out / "hierarchy.json")
-    ctx.metrics["n_levels"] = len(hierarchy.levels) if hasattr(hierarchy, "levels") else None
+    ctx.metrics["n_modules_per_level"] = [int(n) for n in hierarchy.n_modules]
+    ctx.metrics["nesting_consistency"] = float(hierarchy.nesting_consistency)
+    truth_cols = [c for c in ("module_level1", "module_level2", "module_level3") if c in expr.var]
+    if truth_cols:  # the synthetic world's planted hierarchy
+        from .pathways import match_levels
+
+        var = expr.var.reindex(hierarchy.genes)
+        truth = {c[-6:]: var[c].fillna("").astype(str).to_numpy() for c in truth_cols}
+        for level, (_, ari) in match_levels(hierarchy, truth).items():
+            ctx.metrics[f"ari_{level}"] = ari
+        ctx.metrics["n_module_genes_tested"] = int((var[truth_cols[0]].fillna("") != "").sum())
 
 
 # -- report -------------------------------------------------------------------------------

@@ -362,4 +362,7 @@ def demo_config(out: str | Path = "demo_out", n_cells: int = 2000, seed: int = 0
         "world": {"enabled": True, "n_cells": n_cells, "seed": seed},
         # a CPU-sized encoder run; the library default trains longer (see docs/config.md)
         "embed": {"train": {"epochs": 6}},
+        # four (k, ε) candidates instead of nine keep the demo within a few minutes
+        "align": {"settings": {"n_neighbors": [15, 30], "epsilon": [0.005, 0.01]},
+                  "n_permutations": 10},
     })

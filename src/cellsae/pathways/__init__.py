@@ -34,3 +34,4 @@ __all__ = [
     "nesting_consistency", "over_representation", "read_gmt", "scan_resolutions",
     "select_genes", "shrunk_correlation", "top_correlated", "validate_gene_sets", "write_gmt",
 ]
+from .truth import match_levels

@@ -179,3 +179,13 @@ def test_report_renders_in_a_real_browser(finished_run, tmp_path):
         import io
 
         Image.open(io.BytesIO(base64.b64decode(data))).verify()
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "real_plates.yaml", "own_embeddings.yaml"])
+def test_example_configs_are_valid(name):
+    from cellsae.config import load_yaml, validate_config
+    from cellsae.pipeline import PipelineConfig
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = validate_config(PipelineConfig, load_yaml(root / "examples" / name), source=name)
+    assert cfg.run.out

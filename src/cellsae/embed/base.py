@@ -8,6 +8,7 @@ and the spatial tokens are the ``h * w`` positions.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,7 +42,7 @@ def build_encoder(arch: str = "resnet", **params: Any) -> Encoder:
     return _REGISTRY[arch](**params)
 
 
-class Encoder(nn.Module):
+class Encoder(nn.Module, abc.ABC):
     """Base class: holds the per-channel input statistics and the tap interface.
 
     Parameters
@@ -73,12 +74,14 @@ class Encoder(nn.Module):
         return {"arch": self.arch, **self._params}
 
     @property
+    @abc.abstractmethod
     def stage_names(self) -> list[str]:
-        raise NotImplementedError
+        """Names of the taps, input to output (each architecture defines them)."""
 
     @property
+    @abc.abstractmethod
     def stage_dims(self) -> dict[str, int]:
-        raise NotImplementedError
+        """Channels of each tap."""
 
     @property
     def default_layer(self) -> str:
@@ -118,9 +121,9 @@ class Encoder(nn.Module):
             return (x - mean) / std
         return x
 
+    @abc.abstractmethod
     def _run(self, x: torch.Tensor, wanted: set[str]) -> dict[str, torch.Tensor]:
         """Run the trunk on normalised input, returning the maps at the ``wanted`` taps."""
-        raise NotImplementedError
 
     def forward_features(self, x: torch.Tensor, layers: Sequence[str] | str | None = None
                          ) -> dict[str, torch.Tensor]:

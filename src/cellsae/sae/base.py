@@ -11,6 +11,7 @@ reconstructions returned by the public methods are always in raw input units, an
 
 from __future__ import annotations
 
+import abc
 import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -47,7 +48,7 @@ class StepOutput:
     parts: dict[str, float] = field(default_factory=dict)
 
 
-class SAE(nn.Module):
+class SAE(nn.Module, abc.ABC):
     """A sparse autoencoder. Subclasses define the activation and the training loss.
 
     Parameters
@@ -141,15 +142,16 @@ class SAE(nn.Module):
             b = b - W @ self.b_dec
         return torch.addmm(b, x, W.t())
 
+    @abc.abstractmethod
     def encode_normalised(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, d_in) standardised inputs -> (batch, d_sae) dense codes (inference)."""
-        raise NotImplementedError
 
     def decode_normalised(self, codes: torch.Tensor) -> torch.Tensor:
         return codes @ self.W_dec + self.b_dec
 
+    @abc.abstractmethod
     def training_forward(self, x: torch.Tensor, ctx: LossContext) -> StepOutput:
-        raise NotImplementedError
+        """One training step's forward pass: codes, reconstruction and loss terms."""
 
     # -- shared loss pieces ---------------------------------------------------------------
 

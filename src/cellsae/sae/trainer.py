@@ -429,7 +429,7 @@ def train(
     autocast
         bf16 autocast on CUDA (parameters stay fp32).
     checkpoint_dir, checkpoint_every
-        Write ``step_XXXXXXXX.safetensors`` + ``.json`` every ``checkpoint_every`` steps
+        Write ``step_<8-digit step>.safetensors`` + ``.json`` every ``checkpoint_every`` steps
         and at the end, keeping the last ``keep_checkpoints``.
     resume
         A checkpoint file or folder (the latest checkpoint in it). Training continues with

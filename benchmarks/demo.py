@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import emit  # benchmarks/_common.py, beside this script
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -41,11 +43,7 @@ def main() -> None:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     figures["peak_rss_gb"] = round(max(own, kids) / 1e6, 3)
-    line = json.dumps(figures)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
-    print(line)
+    emit(figures, args.out)
 
 
 if __name__ == "__main__":

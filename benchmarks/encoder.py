@@ -25,13 +25,13 @@ The last line printed is one JSON object of flat figures.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import emit  # benchmarks/_common.py, beside this script
 
 
 def main(argv=None) -> int:
@@ -141,11 +141,7 @@ def main(argv=None) -> int:
         "total_seconds": time.perf_counter() - t_start,
     }
     print(f"last fold confusion (rows true {classes}): {confusion}", file=sys.stderr)
-    line = json.dumps(figures)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
-    print(line)
+    emit(figures, args.out)
     return 0
 
 

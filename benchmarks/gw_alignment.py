@@ -15,7 +15,6 @@ Last line printed: one JSON object of flat figures.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -23,6 +22,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from _common import emit  # benchmarks/_common.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,11 +125,7 @@ def main(argv=None) -> int:
                               metric="euclidean", truth=pairing))
     figures["seconds_total"] = time.perf_counter() - t_all
     figures["selection_criterion"] = "consensus (label-free)"
-    line = json.dumps(figures)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
-    print(line)
+    emit(figures, args.out)
     return 0
 
 

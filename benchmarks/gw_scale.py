@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import emit  # benchmarks/_common.py, beside this script
 
 EPSILON = 5e-3
 K = 15
@@ -236,11 +237,7 @@ def main(argv=None) -> int:
                 fig["foscttm_exact_10k"] = foscttm(ex.barycentric_projection(y), y)
                 fig["foscttm_gap_scalable_vs_exact_10k"] = (fig["foscttm_scalable_10k"]
                                                             - fig["foscttm_exact_10k"])
-    line = json.dumps(fig)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
-    print(line)
+    emit(fig, args.out)
     return 0
 
 

@@ -22,12 +22,13 @@ The last line printed is one JSON object of flat figures.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import emit  # benchmarks/_common.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CELLSAE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -162,11 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         figures.update(synthetic_figures(args.plates, args.quick, Path(tmp)))
     figures["total_seconds"] = time.perf_counter() - t0
     figures = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()}
-    line = json.dumps(figures)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
-    print(line)
+    emit(figures, args.out)
     return 0 if "seg_f1_stardist_img2d" in figures else 1
 
 

@@ -24,7 +24,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--only", nargs="*", help="benchmark names (file stems) to run")
     args = parser.parse_args()
-    scripts = sorted(p for p in HERE.glob("*.py") if p.name != "run_all.py")
+    scripts = sorted(p for p in HERE.glob("*.py") if p.name != "run_all.py" and not p.name.startswith("_"))
     if args.only:
         scripts = [p for p in scripts if p.stem in args.only]
     sections = [f"# Benchmark results\n\nMachine: {platform.machine()}, "

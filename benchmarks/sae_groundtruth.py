@@ -19,7 +19,6 @@ not the targets. The full run uses the sizes above.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import emit  # benchmarks/_common.py, beside this script
 
 ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka"]
 
@@ -132,10 +132,7 @@ def main(argv=None) -> int:
             figures[key] = values[best]
             figures[f"{key}_arch"] = best
     figures = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()}
-    line = json.dumps(figures)
-    if args.out:
-        args.out.write_text(line + "\n")
-    print(line)
+    emit(figures, args.out)
     return 0
 
 

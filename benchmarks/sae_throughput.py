@@ -21,7 +21,6 @@ Timings on a shared machine are noisy; each train figure is from a single timed 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import resource
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import emit  # benchmarks/_common.py, beside this script
 
 D_IN, D_SAE, K = 512, 8192, 32
 LR = 3e-4
@@ -216,10 +216,7 @@ def main(argv=None) -> int:
     figures["encode_mean_l0"] = codes.getnnz() / encode_n
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     figures = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()}
-    line = json.dumps(figures)
-    if args.out:
-        args.out.write_text(line + "\n")
-    print(line)
+    emit(figures, args.out)
     return 0
 
 

@@ -7,13 +7,13 @@ The last line printed is one JSON object of flat figures.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import emit  # benchmarks/_common.py, beside this script
 
 
 def main() -> None:
@@ -47,11 +47,7 @@ def main() -> None:
             write_neuron_world(Path(tmp) / "w128", 2000, seed=0, crop_size=128)
             figures["cells_per_s_crop128"] = round(2000 / (time.perf_counter() - t0), 1)
     figures["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 3)
-    line = json.dumps(figures)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(line + "\n")
-    print(line)
+    emit(figures, args.out)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ Token store layout (zarr v3 group; format ``cellsae.tokens`` version 1):
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -85,7 +86,9 @@ def _as_model(model) -> Encoder:
 def extract(model, crops, *, layer: str | Sequence[str] | None = None, tokens_out: str | os.PathLike | None = None,
             tokens_layer: str | None = None, token_pool: int = 1, token_dtype: str = "float16",
             batch_size: int = 256, device: Any = "auto", amp: bool = True, num_workers: int = 0,
-            adata=None, key_added: str = "X_cnn", overwrite: bool = False) -> ExtractResult:
+            adata=None, key_added: str = "X_cnn", overwrite: bool = False,
+            dask: Any = None, dask_workers: int = 2, dask_block_batches: int = 8,
+            dask_processes: bool = True) -> ExtractResult:
     """Embed every crop with a frozen encoder; optionally write spatial tokens.
 
     Parameters
@@ -105,6 +108,13 @@ def extract(model, crops, *, layer: str | Sequence[str] | None = None, tokens_ou
         ``crops`` AnnData, if that is what was passed).
     key_added : obsm / uns key.
     overwrite : replace an existing token store.
+    dask : run blocks of cells on dask: ``True`` / ``"local"`` (a LocalCluster of
+        ``dask_workers`` workers), a scheduler address ``"tcp://host:8786"`` (workers on
+        other machines must read ``crops`` and write ``tokens_out`` at the same paths), or a
+        ``distributed.Client``. Each task embeds ``dask_block_batches × batch_size`` cells
+        and writes their tokens straight into the store (blocks own whole zarr chunks).
+        The result equals the one-process result. Needs ``pip install 'cellsae[dask]'``.
+    dask_workers, dask_processes : LocalCluster size, and processes (True) or threads.
 
     Returns
     -------
@@ -138,6 +148,13 @@ def extract(model, crops, *, layer: str | Sequence[str] | None = None, tokens_ou
     if tokens_out is not None and tokens_out.exists() and not overwrite:
         raise FileExistsError(f"token store '{tokens_out}' exists; pass overwrite=True "
                               "(--overwrite) or choose another path")
+    if dask is not None and dask is not False:
+        from .._dask import require_distributed
+
+        require_distributed()  # a clear error before any work
+        if int(dask_block_batches) < 1:
+            raise ValueError(f"dask_block_batches must be >= 1, got {dask_block_batches}")
+    device_spec = device
     device = resolve_device(device)
     use_amp = amp and device.type == "cuda"
     model = model.to(device).eval()
@@ -174,38 +191,28 @@ def extract(model, crops, *, layer: str | Sequence[str] | None = None, tokens_ou
             "position": group.create_array("position", shape=(n_tok, 2), chunks=(rows, 2),
                                            dtype="int16"),
         }
-        yy, xx = np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")
-        cell_positions = np.stack([yy.ravel(), xx.ravel()], 1).astype(np.int16)
         pooled_norm = np.empty(n, np.float32)
 
     embeddings = np.empty((n, sum(model.stage_dims[name] for name in layers)), np.float32)
-    reader = CropReader(store, preload=False) if store.path is not None else CropReader(store)
-    batches = [np.arange(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
+    if writer is None:
+        pooled_norm = None
+    geometry = {"layers": layers, "tokens_layer": tokens_layer, "token_pool": int(token_pool),
+                "per_cell": per_cell, "d_tok": d_tok, "token_dtype": token_dtype,
+                "use_amp": use_amp}
     t0 = time.perf_counter()
     bar = progress(total=n, desc="extract", unit="crop")
     try:
-        for idx, x in zip(batches, iter_batches(reader, batches, num_workers=num_workers),
-                          strict=True):
-            if not torch.isfinite(x).all():
-                bad = idx[~torch.isfinite(x.reshape(len(x), -1)).all(1).numpy()]
-                raise ValueError(f"crops contain NaN or Inf (first: cell {int(bad[0])}); drop or "
-                                 "repair those cells before extraction")
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16,
-                                                 enabled=use_amp):
-                maps = model.forward_features(x.to(device), list({*layers, tokens_layer}))
-            embeddings[idx] = torch.cat([maps[name].float().mean(dim=(2, 3)) for name in layers],
-                                        dim=1).cpu().numpy()
-            if writer is not None:
-                tmap = maps[tokens_layer].float()
-                if token_pool > 1:
-                    tmap = F.avg_pool2d(tmap, token_pool, ceil_mode=True)
-                pooled_norm[idx] = tmap.mean(dim=(2, 3)).norm(dim=1).cpu().numpy()
-                tok = tmap.permute(0, 2, 3, 1).reshape(len(idx) * per_cell, d_tok)
-                lo, hi = int(idx[0]) * per_cell, (int(idx[-1]) + 1) * per_cell
-                writer["tokens"][lo:hi] = tok.cpu().numpy().astype(token_dtype)
-                writer["cell_index"][lo:hi] = np.repeat(idx.astype(np.int64), per_cell)
-                writer["position"][lo:hi] = np.tile(cell_positions, (len(idx), 1))
-            bar.update(len(idx))
+        if dask is None or dask is False:
+            reader = CropReader(store, preload=False) if store.path is not None \
+                else CropReader(store)
+            batches = [np.arange(s, min(n, s + batch_size)) for s in range(0, n, batch_size)]
+            loader = iter_batches(reader, batches, num_workers=num_workers)
+            _embed_batches(model, zip(batches, loader, strict=True), device, geometry,
+                           writer, embeddings, pooled_norm, bar.update)
+        else:
+            _extract_on_dask(model, store, n, batch_size * int(dask_block_batches), batch_size,
+                             device_spec, geometry, tmp, embeddings, pooled_norm, bar.update,
+                             dask=dask, n_workers=dask_workers, processes=dask_processes)
         seconds = time.perf_counter() - t0
         if writer is not None:
             group.create_array("offsets", data=np.arange(n + 1, dtype=np.int64) * per_cell)
@@ -241,6 +248,101 @@ def extract(model, crops, *, layer: str | Sequence[str] | None = None, tokens_ou
                          grid=(gh, gw) if tokens_out else (0, 0),
                          token_dim=d_tok if tokens_out else 0, crops_per_s=crops_per_s,
                          params=params)
+
+
+def _embed_batches(model, batches, device, geometry: dict, writer: dict | None,
+                   embeddings: np.ndarray, pooled_norm: np.ndarray | None, on_batch,
+                   offset: int = 0) -> None:
+    """Embed ``(indices, crops)`` batches; fill ``embeddings[indices - offset]`` and write
+    tokens of those cells (global rows) into the zarr arrays of ``writer``."""
+    layers, tokens_layer = geometry["layers"], geometry["tokens_layer"]
+    per_cell, d_tok = geometry["per_cell"], geometry["d_tok"]
+    token_pool, token_dtype = geometry["token_pool"], geometry["token_dtype"]
+    cell_positions = None
+    for idx, x in batches:
+        if not torch.isfinite(x).all():
+            bad = idx[~torch.isfinite(x.reshape(len(x), -1)).all(1).numpy()]
+            raise ValueError(f"crops contain NaN or Inf (first: cell {int(bad[0])}); drop or "
+                             "repair those cells before extraction")
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                             enabled=geometry["use_amp"]):
+            maps = model.forward_features(x.to(device), list({*layers, tokens_layer}))
+        local = idx - offset
+        embeddings[local] = torch.cat([maps[name].float().mean(dim=(2, 3)) for name in layers],
+                                      dim=1).cpu().numpy()
+        if writer is not None:
+            tmap = maps[tokens_layer].float()
+            if token_pool > 1:
+                tmap = F.avg_pool2d(tmap, token_pool, ceil_mode=True)
+            if cell_positions is None:
+                yy, xx = np.meshgrid(np.arange(tmap.shape[2]), np.arange(tmap.shape[3]),
+                                     indexing="ij")
+                cell_positions = np.stack([yy.ravel(), xx.ravel()], 1).astype(np.int16)
+            pooled_norm[local] = tmap.mean(dim=(2, 3)).norm(dim=1).cpu().numpy()
+            tok = tmap.permute(0, 2, 3, 1).reshape(len(idx) * per_cell, d_tok)
+            lo, hi = int(idx[0]) * per_cell, (int(idx[-1]) + 1) * per_cell
+            writer["tokens"][lo:hi] = tok.cpu().numpy().astype(token_dtype)
+            writer["cell_index"][lo:hi] = np.repeat(idx.astype(np.int64), per_cell)
+            writer["position"][lo:hi] = np.tile(cell_positions, (len(idx), 1))
+        on_batch(len(idx))
+
+
+def _extract_block(block: tuple[int, int, Any], *, model, device, geometry: dict,
+                   batch_size: int, tokens_tmp: str | None) -> tuple[int, np.ndarray, Any]:
+    """One dask task: embed cells ``start:stop`` and write their tokens into the store
+    being built at ``tokens_tmp`` (this block owns whole zarr chunks: no write races)."""
+    start, stop, source = block
+    device = resolve_device(device)
+    model = model.to(device).eval()
+    store = as_crop_store(source)
+    offset = 0 if isinstance(source, np.ndarray) else start
+    writer = None
+    if tokens_tmp is not None:
+        import zarr
+
+        group = zarr.open_group(tokens_tmp, mode="r+")
+        writer = {k: group[k] for k in ("tokens", "cell_index", "position")}
+    n_emb = sum(model.stage_dims[name] for name in geometry["layers"])
+    embeddings = np.empty((stop - start, n_emb), np.float32)
+    pooled = np.empty(stop - start, np.float32) if writer is not None else None
+    reader = CropReader(store, preload=False)
+
+    def batches():
+        for s in range(start, stop, batch_size):
+            idx = np.arange(s, min(stop, s + batch_size))
+            yield idx, reader(idx - (start - offset))
+
+    _embed_batches(model, batches(), device, geometry, writer, embeddings, pooled,
+                   lambda _n: None, offset=start)
+    return start, embeddings, pooled
+
+
+def _extract_on_dask(model, store, n: int, block_cells: int, batch_size: int, device_spec,
+                     geometry: dict, tokens_tmp, embeddings, pooled_norm, on_cells, *, dask,
+                     n_workers: int, processes: bool) -> None:
+    from .._dask import dask_client, dask_map
+
+    def blocks():
+        for start in range(0, n, block_cells):
+            stop = min(n, start + block_cells)
+            # an .h5sc file is read by each worker; an in-memory array ships its block only
+            source = str(store.path) if store.path is not None else store[start:stop]
+            yield start, stop, source
+
+    # workers may have other devices than this process: ship a CPU copy
+    cpu_model = model if next(model.parameters()).device.type == "cpu" else \
+        copy.deepcopy(model).cpu()
+    with dask_client(dask, n_workers=n_workers, processes=processes) as client:
+        [shared] = client.scatter([cpu_model], broadcast=True, hash=False)
+        device_name = str(device_spec) if device_spec is not None else "auto"
+        for _, (start, emb, pooled) in dask_map(
+                client, _extract_block, blocks(), model=shared, device=device_name,
+                geometry=geometry, batch_size=batch_size,
+                tokens_tmp=None if tokens_tmp is None else str(tokens_tmp)):
+            embeddings[start:start + len(emb)] = emb
+            if pooled_norm is not None:
+                pooled_norm[start:start + len(emb)] = pooled
+            on_cells(len(emb))
 
 
 class TokenStore:

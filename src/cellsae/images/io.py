@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..integrity import safe_join
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -116,6 +118,11 @@ PATTERN_PRESETS: dict[str, str] = {
     # One multichannel (and possibly multi-z) stack per field: B03_f01.ome.tif / .zarr
     "stack": r"(?P<well>[A-Pa-p]\d{1,2})_f(?:ield)?(?P<field>\d+)\.(?:ome\.)?(?:tiff?|zarr)$",
 }
+# The paper's reader (Park et al. 2026, 01_MIP_generation.py): the same Harmony naming,
+# parsed by r<row>c<col>f<field>p<plane>-ch<channel> with any suffix before the extension.
+PATTERN_PRESETS["paper"] = (
+    r"r(?P<row>\d+)c(?P<col>\d+)f(?P<field>\d+)p(?P<plane>\d+)-ch(?P<channel>\d+)[^/\\]*\.tiff?$"
+)
 PATTERN_PRESETS["operetta"] = PATTERN_PRESETS["phenix"]
 PATTERN_PRESETS["imagexpress"] = PATTERN_PRESETS["metaxpress"]
 
@@ -559,7 +566,8 @@ class OmeZarrPlate:
             ) from None
         self._fields: dict[tuple[str, int], str] = {}
         for well in plate.get("wells", []):
-            wpath = well["path"]
+            wpath = str(well["path"])
+            safe_join(self.folder, wpath, what=f"OME-Zarr plate '{self.folder}' well path")
             row_name, col_name = wpath.split("/")[-2:]
             well_id = _normalise_well(f"{row_name}{col_name}")
             try:
@@ -570,7 +578,11 @@ class OmeZarrPlate:
                     f"'{self.folder}/{wpath}': missing 'well' metadata ({err})", self.folder
                 ) from None
             for i, image in enumerate(images, start=1):
-                self._fields[(well_id, i)] = f"{wpath}/{image['path']}"
+                rel = f"{wpath}/{image['path']}"
+                # the paths come from the plate's own metadata: a hostile or broken plate
+                # must not make us read outside its folder
+                safe_join(self.folder, rel, what=f"OME-Zarr plate '{self.folder}' image path")
+                self._fields[(well_id, i)] = rel
 
     def __repr__(self) -> str:
         return f"OmeZarrPlate({str(self.folder)!r}, fields={len(self._fields)})"

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import shutil
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,12 @@ class IngestConfig(StrictModel):
         channels 1, 2, 3, ... in file order.
     pattern : file-name pattern: preset ("phenix", "metaxpress", "cellvoyager", "stack"),
         template or regex (see :class:`cellsae.images.io.FilenamePattern`).
+    n_workers : local worker processes for fields (0 or 1: in this process).
+    dask : run fields on dask instead: ``True`` / ``"local"`` starts a LocalCluster of
+        ``n_workers`` workers, ``"tcp://host:8786"`` uses an existing scheduler (workers
+        on other machines must see the plate folder and the output folder at the same
+        paths). Needs ``pip install 'cellsae[dask]'``.
+    dask_processes : LocalCluster workers are processes (True) or threads of this process.
     """
 
     channels: str = DEFAULT_CHANNELS
@@ -76,12 +83,15 @@ class IngestConfig(StrictModel):
     skip_flags: tuple[str, ...] = ("empty", "out_of_focus", "debris")
     unmapped_wells: Literal["skip", "error"] = "skip"
     n_workers: int = Field(2, ge=0)
+    dask: bool | str | None = None
+    dask_processes: bool = True
     seed: int = Field(0, ge=0)
 
     def fingerprint(self) -> str:
         """Hash of every setting that changes per-field results (not workers/death calls)."""
         data = self.model_dump(
-            exclude={"n_workers", "death_threshold", "death_method", "unmapped_wells"}
+            exclude={"n_workers", "death_threshold", "death_method", "unmapped_wells",
+                     "dask", "dask_processes"}
         )
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[
             :16
@@ -461,11 +471,11 @@ def ingest(
             part = plate_parts / _part_name(well, field)
             if part.exists():
                 try:
-                    with np.load(part, allow_pickle=False) as z:
-                        records.append(json.loads(str(z["record"])))
+                    records.append(_read_part_record(part))
                     continue
-                except (OSError, ValueError, KeyError):
-                    logger.warning("part file '%s' is unreadable; redoing that field", part)
+                except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+                    logger.warning("part file '%s' is unreadable or corrupt (%s); redoing that "
+                                   "field", part, err)
                     part.unlink()
             files = planes = None
             if field_rows is not None:
@@ -490,7 +500,7 @@ def ingest(
     n_done = sum(r["status"] != "skipped" for r in records)
     if n_done:
         logger.info("resuming: %d field(s) already finished, %d to do", n_done, len(tasks))
-    records += _run_tasks(tasks, cfg.n_workers)
+    records += _run_tasks(tasks, cfg.n_workers, dask=cfg.dask, dask_processes=cfg.dask_processes)
 
     result = _assemble(out, parts, per_plate, records, table, cfg, channel_names)
     if not keep_parts:
@@ -498,12 +508,39 @@ def ingest(
     return result
 
 
-def _run_tasks(tasks: list[dict], n_workers: int) -> list[dict]:
+def _read_part_record(part: Path) -> dict:
+    """The QC record of a finished field, after checking every member's CRC-32 (a part
+    truncated or with flipped bytes from an earlier crash or a bad disk is redone)."""
+    with zipfile.ZipFile(part) as archive:
+        bad = archive.testzip()
+    if bad is not None:
+        raise ValueError(f"member {bad!r} fails its CRC-32 check")
+    with np.load(part, allow_pickle=False) as z:
+        return json.loads(str(z["record"]))
+
+
+def _run_tasks(tasks: list[dict], n_workers: int, *, dask: bool | str | None = None,
+               dask_processes: bool = True) -> list[dict]:
     if not tasks:
         return []
+    if dask not in (None, False):
+        from .._dask import require_distributed
+
+        require_distributed()  # a clear error before any field is processed
     bar = progress(total=len(tasks), desc="fields", unit="field")
     records = []
     try:
+        if dask not in (None, False):
+            from .._dask import dask_client, dask_map
+
+            # Each task writes its own part file (atomically) and returns a small record;
+            # crops never travel through the scheduler.
+            with dask_client(dask, n_workers=max(1, n_workers),
+                             processes=dask_processes) as client:
+                for _, record in dask_map(client, process_field, tasks):
+                    records.append(record)
+                    bar.update(1)
+            return records
         if n_workers <= 1:
             for task in tasks:
                 records.append(process_field(task))

@@ -24,6 +24,7 @@ import torch
 
 from .._utils import progress as progress_bar
 from .._utils import resolve_device
+from . import distributed
 from .base import SAE, LossContext
 from .data import BatchStream, open_source, sample_rows
 from .io import load_checkpoint, save_checkpoint
@@ -531,6 +532,7 @@ def _diff_configs(saved: dict, current: dict) -> list[str]:
 def _train_runs(source, configs: list[TrainConfig], *, device, autocast, checkpoint_dir,
                 checkpoint_every, keep_checkpoints, resume, progress, log_every) -> list[SAE]:
     device = resolve_device(device)
+    dist_info, device = distributed.setup(device)  # torchrun: join the group (no-op alone)
     first = configs[0]
     l2 = any(c.hparams.get("l2_normalise_inputs", False) for c in configs)
     if len({(c.center, c.scale, c.hparams.get("l2_normalise_inputs", False))
@@ -564,6 +566,7 @@ def _train_runs(source, configs: list[TrainConfig], *, device, autocast, checkpo
     batch_size = first.batch_size
     total_samples = max(c.n_steps for c in configs) * batch_size
     runs = [_Run(c, source.d, norm, device, init_sample, total_samples) for c in configs]
+    distributed.attach(runs, dist_info)  # data-parallel steps under torchrun (no-op alone)
     if saved_state is not None:
         runs[0].load_state(saved_tensors, saved_state)
     start = min(r.step for r in runs)
@@ -591,7 +594,7 @@ def _train_runs(source, configs: list[TrainConfig], *, device, autocast, checkpo
             bar.set_postfix(loss=f"{last['loss']:.4g}", L0=f"{last['l0']:.1f}",
                             FVU=f"{last['fvu']:.3f}", dead=f"{last['dead']:.1%}")
         bar.update(1)
-        if ckpt_dir is not None and (
+        if ckpt_dir is not None and dist_info.main and (
                 (checkpoint_every and step % checkpoint_every == 0) or runs[0].finished):
             _write_checkpoint(ckpt_dir, runs[0], norm, source.d, keep_checkpoints)
     bar.close()

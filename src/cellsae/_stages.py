@@ -142,9 +142,14 @@ def stage_embed(ctx: StageContext) -> None:
                            config=dict(cfg.embed.train), out_dir=ctx.checkpoint_dir, resume=True,
                            device=cfg.run.device, seed=cfg.run.seed)
     save_encoder(result.model, ctx.out / "encoder.safetensors")
-    emb = extract(result.model, store, device=cfg.run.device)
+    emb = extract(result.model, store, device=cfg.run.device,
+                  tokens_out=ctx.out / "tokens.zarr" if cfg.embed.tokens else None,
+                  tokens_layer=cfg.embed.token_layer)
     cells.obsm["X_cnn"] = emb.embeddings.astype(np.float32)
     ctx.metrics["extract_crops_per_s"] = float(emb.crops_per_s)
+    if cfg.embed.tokens:
+        ctx.metrics["tokens_per_cell"] = int(emb.tokens_per_cell)
+        ctx.metrics["token_dim"] = int(emb.token_dim)
     measure, measure_names = measurement_features(store, channel_names=store.channel_names)
     cells.obsm["X_measure"] = np.nan_to_num(measure).astype(np.float32)
     cells.uns["X_measure_names"] = [str(n) for n in measure_names]
@@ -188,23 +193,41 @@ def stage_sae(ctx: StageContext) -> None:
     from .tl import sae_encode
 
     cfg = ctx.config
+    s = cfg.sae
     cells = _embedded_cells(ctx)
     x = np.asarray(cells.obsm["X_cnn"], np.float32)
+    # sae.input "tokens": train on every spatial token of the CNN map and pool the token
+    # codes per cell (the paper's SAE); "embedding": train on the pooled cell embedding
+    data, key = x, None
+    if s.input == "tokens":
+        data, key = _outputs(ctx, "embed") / "tokens.zarr", "tokens"
+        if not data.exists():
+            raise FileNotFoundError(f"sae.input is 'tokens' but the embed stage wrote no token "
+                                    f"store ({data}); set embed.tokens: true and re-run embed")
     if cfg.inputs.sae_checkpoint is not None:
         model = sae_mod.load(cfg.inputs.sae_checkpoint)
     else:
-        s = cfg.sae
-        settings = {"batch_size": min(s.batch_size, max(16, len(x) // 4)), **s.settings}
+        n_rows = sae_mod.open_source(data, key=key).n
+        settings = {"batch_size": min(s.batch_size, max(16, n_rows // 4)), **s.settings}
         resume = ctx.checkpoint_dir if any(ctx.checkpoint_dir.glob("step_*.json")) else None
-        model = sae_mod.train(x, s.arch, s.d_sae, s.k, preset=s.preset, n_epochs=s.n_epochs,
-                              seed=cfg.run.seed, device=cfg.run.device,
+        model = sae_mod.train(data, s.arch, s.d_sae, s.k, preset=s.preset, key=key,
+                              n_epochs=s.n_epochs, seed=cfg.run.seed, device=cfg.run.device,
                               checkpoint_dir=ctx.checkpoint_dir, checkpoint_every=100,
                               resume=resume, **settings)
     model.save(ctx.out / "sae.safetensors")
-    report = sae_mod.evaluate(model, x)
+    report = sae_mod.evaluate(model, data, key=key)
     ctx.metrics.update({k: v for k, v in report.to_dict().items()
                         if isinstance(v, int | float)})
-    latents = sae_encode(cells, model, use_rep="X_cnn")
+    if s.input == "tokens":
+        from .tl import token_codes
+        from .tl.sae import latent_anndata
+
+        latents = latent_anndata(token_codes(model, data, pool=s.pool), model,
+                                 obs=cells.obs.copy(),
+                                 params={"use_rep": "tokens", "pool": s.pool})
+        latents.uns["tokens_path"] = str(data.resolve())
+    else:
+        latents = sae_encode(cells, model, use_rep="X_cnn")
     for key in ("X_cnn", "X_measure", "X_pixels", "factors", "programs"):
         if key in cells.obsm:
             latents.obsm[key] = np.asarray(cells.obsm[key])

@@ -84,7 +84,8 @@ class EmbedSection(StrictModel):
     encoder: dict[str, Any] = Field(default_factory=lambda: {"arch": "resnet"})
     train: dict[str, Any] = Field(default_factory=dict)
     split_mode: str = "donor"
-    tokens: bool = False
+    tokens: bool = False               # also write the spatial token store (tokens.zarr)
+    token_layer: str | None = None     # tap for the tokens (default: the embedding's layer)
 
 
 class SAESection(StrictModel):
@@ -95,6 +96,8 @@ class SAESection(StrictModel):
     preset: str | None = None
     n_epochs: float | None = Field(100, gt=0)
     batch_size: int = Field(256, ge=2)
+    input: Literal["embedding", "tokens"] = "embedding"  # tokens: needs embed.tokens
+    pool: Literal["mean", "max", "sum"] = "mean"         # token codes → cell codes
     settings: dict[str, Any] = Field(default_factory=dict)  # more keyword arguments of sae.train
 
 
@@ -167,6 +170,9 @@ def _check_inputs(cfg: PipelineConfig) -> None:
         if cfg.ingest.enabled and inp.plates_dir is None:
             problems.append("  - ingest is enabled but inputs.plates_dir is not set "
                             "(set ingest.enabled: false to start from crops)")
+    if cfg.sae.enabled and cfg.sae.input == "tokens" and not cfg.embed.tokens:
+        problems.append("  - sae.input is 'tokens' but embed.tokens is false; set embed.tokens: "
+                        "true so the embed stage writes the token store")
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(problems))
 

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .._utils import atomic_path, atomic_write_text, require_file
+from ..integrity import read_safetensors, tensors_sha256
 from .base import Encoder, build_encoder
 
 logger = logging.getLogger(__name__)
@@ -66,8 +67,11 @@ def save_encoder(model: Encoder, path: str | os.PathLike, *,
     weights_path, meta_path = _paths(path)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config(),
             **(extra or {})}
+    state = model.state_dict()
+    meta["tensors_sha256"] = tensors_sha256(state)  # load_encoder detects corruption
     text = json.dumps(meta, indent=2, default=_json_default)
-    save_tensors(weights_path, model.state_dict(), metadata={"format": FORMAT})
+    save_tensors(weights_path, state, metadata={"format": FORMAT,
+                                                "tensors_sha256": meta["tensors_sha256"]})
     atomic_write_text(meta_path, text)
     logger.info("saved encoder to %s", weights_path)
     return weights_path
@@ -101,7 +105,8 @@ def load_encoder(path: str | os.PathLike, *, device: Any = "cpu") -> Encoder:
     config = dict(meta["config"])
     arch = config.pop("arch")
     model = build_encoder(arch, **config)
-    state = load_file(str(weights_path), device="cpu")
+    state, _ = read_safetensors(weights_path, expected_sha256=meta.get("tensors_sha256"),
+                                what="encoder weights")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise EncoderFileError(f"weights in '{weights_path}' do not match the architecture in "

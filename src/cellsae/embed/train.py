@@ -514,9 +514,19 @@ def train_encoder(crops, labels, *, donors=None, split=None, split_mode: str = "
                 "n_val": int(len(val_idx)), "world_size": dist_info.world}
 
     if resume and out_dir is not None and (out_dir / "last.json").exists():
-        from safetensors.torch import load_file
+        from ..integrity import IntegrityError, read_safetensors
 
-        meta = json.loads((out_dir / "last.json").read_text(encoding="utf-8"))
+        # the state saved inside the weights file is the one that matches them (a kill
+        # between writing last.safetensors and last.json leaves last.json one epoch old);
+        # the tensors' digest catches a truncated or corrupted file
+        tensors, header = read_safetensors(out_dir / "last.safetensors",
+                                           what="encoder training checkpoint")
+        try:
+            meta = json.loads(header["state"] if "state" in header else
+                              (out_dir / "last.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise IntegrityError(f"the training state in '{out_dir}' is not valid JSON ({err}); "
+                                 "the checkpoint is corrupt: start a new run") from None
         if meta.get("format") != STATE_FORMAT:
             raise ValueError(f"'{out_dir / 'last.json'}' is not a cellsae training state")
         for key in ("config", "encoder", "classes", "n_train", "n_val"):
@@ -524,7 +534,6 @@ def train_encoder(crops, labels, *, donors=None, split=None, split_mode: str = "
                 raise ValueError(f"cannot resume from '{out_dir}': its {key} differs from this "
                                  f"run's ({meta['run'].get(key)!r} vs {run_meta[key]!r}); "
                                  "use a new out_dir or the same settings")
-        tensors = load_file(str(out_dir / "last.safetensors"), device="cpu")
         module.load_state_dict(_unprefixed("module", tensors))
         if key_module is not None:
             key_module.load_state_dict(_unprefixed("key", tensors))
@@ -570,9 +579,12 @@ def train_encoder(crops, labels, *, donors=None, split=None, split_mode: str = "
                 "epoch": epoch, "step": step, "history": history, "best_val": best_val,
                 "best_epoch": best_epoch, "bad_epochs": bad_epochs, "queue_ptr": queue_ptr,
                 "queue_filled": queue_filled, "optimizer": opt_meta}
-        save_tensors(out_dir / "last.safetensors", tensors)
-        atomic_write_text(out_dir / "last.json", json.dumps(meta, indent=1,
-                                                            default=_json_default))
+        from ..integrity import tensors_sha256
+
+        text = json.dumps(meta, indent=1, default=_json_default)
+        save_tensors(out_dir / "last.safetensors", tensors,
+                     metadata={"tensors_sha256": tensors_sha256(tensors), "state": text})
+        atomic_write_text(out_dir / "last.json", text)
 
     y_t = torch.from_numpy(y)
     stopped_early = False

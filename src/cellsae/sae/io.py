@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .._utils import atomic_path, atomic_write_text
+from ..integrity import read_safetensors, tensors_sha256
 from .base import SAE
 
 FORMAT = "cellsae.sae"
 FORMAT_VERSION = 1
 CHECKPOINT_FORMAT = "cellsae.sae.checkpoint"
+
+logger = logging.getLogger(__name__)
 
 
 def _paths(path) -> tuple[Path, Path]:
@@ -67,9 +71,12 @@ def save_sae(sae: SAE, path, *, metadata: dict | None = None) -> Path:
         "normalisation": "folded into the weights; the model takes raw inputs",
         "training": info,
     }
+    tensors = _state_tensors(model)
+    header["tensors_sha256"] = tensors_sha256(tensors)  # detects a corrupted weights file
     with atomic_path(weights) as tmp:
-        save_file(_state_tensors(model), str(tmp), metadata={"format": FORMAT,
-                                                             "format_version": str(FORMAT_VERSION)})
+        save_file(tensors, str(tmp), metadata={"format": FORMAT,
+                                               "format_version": str(FORMAT_VERSION),
+                                               "tensors_sha256": header["tensors_sha256"]})
     atomic_write_text(sidecar, json.dumps(_jsonable(header), indent=2))
     return weights
 
@@ -102,7 +109,8 @@ def load(path, *, device: Any = "cpu") -> SAE:
         raise FileNotFoundError(f"SAE weights not found: '{weights}'")
     header = _read_sidecar(sidecar, FORMAT)
     sae = make_sae(header["arch"], header["d_in"], header["d_sae"], **header["hparams"])
-    tensors = load_file(str(weights))
+    tensors, _ = read_safetensors(weights, expected_sha256=header.get("tensors_sha256"),
+                                  what="SAE weights file")
     missing = set(sae.state_dict()) - set(tensors)
     if missing:
         raise ValueError(f"'{weights}' lacks tensors {sorted(missing)} for a "
@@ -119,9 +127,13 @@ def load(path, *, device: Any = "cpu") -> SAE:
 def save_checkpoint(path, tensors: dict[str, torch.Tensor], state: dict) -> Path:
     """Write a training checkpoint (tensors + JSON state) atomically."""
     weights, sidecar = _paths(path)
-    header = {"format": CHECKPOINT_FORMAT, "format_version": FORMAT_VERSION, **state}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    digest = tensors_sha256(tensors)
+    header = {"format": CHECKPOINT_FORMAT, "format_version": FORMAT_VERSION,
+              "tensors_sha256": digest, **state}
     with atomic_path(weights) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        save_file(tensors, str(tmp), metadata={"tensors_sha256": digest})
+    # the sidecar goes last: a checkpoint counts as complete only once it exists
     atomic_write_text(sidecar, json.dumps(_jsonable(header), indent=2))
     return weights
 
@@ -131,11 +143,20 @@ def load_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
     path = Path(path)
     if path.is_dir():
         found = sorted(path.glob("step_*.safetensors"))
-        if not found:
-            raise FileNotFoundError(f"no checkpoint (step_*.safetensors) in folder '{path}'")
-        path = found[-1]
+        # a run killed between writing the weights and the sidecar leaves weights alone:
+        # the last complete checkpoint is the one to resume from
+        complete = [p for p in found if p.with_suffix(".json").exists()]
+        if not complete:
+            raise FileNotFoundError(f"no complete checkpoint (step_*.safetensors with its "
+                                    f".json) in folder '{path}'")
+        if complete[-1] != found[-1]:
+            logger.warning("checkpoint '%s' has no JSON sidecar (interrupted while saving); "
+                           "resuming from '%s'", found[-1], complete[-1])
+        path = complete[-1]
     weights, sidecar = _paths(path)
     if not weights.exists():
         raise FileNotFoundError(f"checkpoint not found: '{weights}'")
     state = _read_sidecar(sidecar, CHECKPOINT_FORMAT)
-    return load_file(str(weights)), state
+    tensors, _ = read_safetensors(weights, expected_sha256=state.get("tensors_sha256"),
+                                  what="SAE checkpoint")
+    return tensors, state

@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 
-from .._utils import as_rng
+from .._utils import as_rng, progress
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def _cv_r2(x: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarra
 
 def gene_predictability(image_rep, imputed, *, gene_names=None, n_splits: int = 5,
                         n_permutations: int = 50, fdr: float = 0.05, seed=0,
-                        groups=None):
+                        groups=None, null_imputations=None, pvalues: str = "pooled"):
     """Per gene, how well image features predict the expression imputed onto image cells.
 
     Parameters
@@ -60,10 +60,28 @@ def gene_predictability(image_rep, imputed, *, gene_names=None, n_splits: int = 
         Cross-validation folds (grouped by ``groups`` when given, e.g. donor or plate,
         so near-duplicate cells do not leak between train and test).
     n_permutations : int
-        Row permutations of ``imputed`` for the null; each gene's p-value is
+        Draws of the null; each gene's p-value is
         ``(1 + #{null R² >= observed}) / (1 + n_permutations)``.
     fdr : float
         BH level at which a gene is called predictable.
+    pvalues : {"pooled", "empirical"}
+        "empirical": each gene against its own ``n_permutations`` null draws, so the
+        smallest p-value is ``1 / (1 + n_permutations)`` (too coarse for BH over
+        thousands of genes unless ``n_permutations`` is large). "pooled" (default): each
+        gene's null is standardised by its own mean and SD, and the observed standardised
+        R² is compared with the standardised null draws of all genes together (location
+        and scale per gene, shape shared), which resolves p-values down to
+        ``1 / (n_permutations * n_genes)``.
+    null_imputations : callable ``rng -> (n_cells, n_genes) array``, optional
+        Draws one imputation under the null. ``GWResult.predictability`` passes
+        "impute the same genes after shuffling them across the *target* cells" (see
+        there), which keeps the coupling, and with it the smoothness of every imputed
+        gene over image space, and breaks only the link between a gene's values and the
+        target cells' positions. When omitted the null permutes the rows of ``imputed``
+        (image cells), which is only valid when ``imputed`` was measured independently of
+        the image features: for expression imputed through a coupling that was itself
+        built from image geometry that null is circular (every imputed gene is a smooth
+        function of the image features, so every gene passes).
 
     Returns
     -------
@@ -85,6 +103,8 @@ def gene_predictability(image_rep, imputed, *, gene_names=None, n_splits: int = 
     n = x.shape[0]
     if n < 2 * n_splits:
         raise ValueError(f"need at least {2 * n_splits} cells for {n_splits}-fold CV, got {n}")
+    if n_permutations < 1:
+        raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
     genes = np.asarray(gene_names if gene_names is not None else
                        [f"gene{i}" for i in range(y.shape[1])]).astype(str)
     if genes.shape[0] != y.shape[1]:
@@ -99,14 +119,44 @@ def gene_predictability(image_rep, imputed, *, gene_names=None, n_splits: int = 
     alphas = np.logspace(-2, 4, 13)
     r2 = _cv_r2(x, y, folds, alphas)
     null = np.empty((n_permutations, y.shape[1]))
-    for b in range(n_permutations):
-        null[b] = _cv_r2(x, y[rng.permutation(n)], folds, alphas)
-    pvalue = (1 + (null >= r2[None, :]).sum(0)) / (1 + n_permutations)
+    for b in progress(range(n_permutations), desc="predictability null"):
+        if null_imputations is None:
+            y_null = y[rng.permutation(n)]
+        else:
+            y_null = np.asarray(null_imputations(rng), dtype=np.float64)
+            if y_null.shape != y.shape:
+                raise ValueError(f"null_imputations returned shape {y_null.shape}, expected "
+                                 f"{y.shape}")
+        null[b] = _cv_r2(x, y_null, folds, alphas)
+    # a constant gene has no R² (NaN): never predictable
+    null_ok = np.where(np.isnan(null), -np.inf, null)
+    if pvalues == "empirical":
+        pvalue = (1 + (null_ok >= r2[None, :]).sum(0)) / (1 + n_permutations)
+    elif pvalues == "pooled":
+        # standardise each gene's null by its own mean and SD, then pool the shapes of
+        # all genes' nulls: p-values resolve down to 1 / (n_permutations * n_genes)
+        mu = np.nanmean(null, 0)
+        sd = np.nanstd(null, 0)
+        sd = np.where(sd > 0, sd, np.nan)
+        z_obs = (r2 - mu) / sd
+        z_null = ((null - mu) / sd).ravel()
+        z_null = np.sort(z_null[np.isfinite(z_null)])
+        if z_null.size == 0:
+            pvalue = np.ones_like(r2)
+        else:
+            above = z_null.size - np.searchsorted(z_null, np.nan_to_num(z_obs, nan=np.inf),
+                                                  side="left")
+            pvalue = (1 + above) / (1 + z_null.size)
+    else:
+        raise ValueError(f"pvalues must be 'pooled' or 'empirical', got {pvalues!r}")
+    pvalue = np.where(np.isnan(r2), 1.0, pvalue)
     qvalue = benjamini_hochberg(pvalue)
-    df = pd.DataFrame({"r2": r2, "null_mean": null.mean(0), "null_sd": null.std(0),
+    df = pd.DataFrame({"r2": r2, "null_mean": np.nanmean(null, 0) if n_permutations else
+                       np.nan, "null_sd": np.nanstd(null, 0),
                        "pvalue": pvalue, "qvalue": qvalue, "predictable": qvalue <= fdr},
                       index=pd.Index(genes, name="gene"))
-    if n_permutations < 1 / fdr:
+    df.attrs["null"] = "row_permutation" if null_imputations is None else "custom"
+    if pvalues == "empirical" and n_permutations < 1 / fdr:
         logger.warning("with %d permutations the smallest p-value is %.3g > fdr %.3g: no gene "
                        "can be called predictable; raise n_permutations", n_permutations,
                        1 / (1 + n_permutations), fdr)

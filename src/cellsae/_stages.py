@@ -77,6 +77,16 @@ def stage_ingest(ctx: StageContext) -> None:
     platemap = cfg.inputs.platemap or (world / "plates" / "platemap.csv" if world else None)
     settings = dict(cfg.ingest.settings)
     settings.setdefault("seed", cfg.run.seed)
+    if cfg.ingest.unit == "tile":  # the paper's grid tiles (cellsae.images.tiles)
+        from .images.tiles import ingest_tiles
+
+        if "crop_size" in settings:
+            settings.setdefault("tile_size", settings.pop("crop_size"))
+        result = ingest_tiles(plates_dir, ctx.out / "cells.h5sc", platemap=platemap,
+                              config=settings)
+        ctx.metrics.update({k: v for k, v in result.to_dict().items()
+                            if isinstance(v, int | float) and k != "path"})
+        return
     result = ingest(plates_dir, ctx.out / "cells.h5sc", platemap=platemap, config=settings)
     ctx.metrics.update({k: v for k, v in result.to_dict().items()
                         if isinstance(v, int | float) and k != "path"})
@@ -135,9 +145,18 @@ def stage_embed(ctx: StageContext) -> None:
     store = CropStore(crops_path)
     labels = cells.obs[cfg.inputs.label_key].astype(str).to_numpy()
     donors = cells.obs[cfg.inputs.donor_key].astype(str).to_numpy()
+    _design_check(ctx, cells.obs)
     split = _donor_holdout(labels, donors, cfg.run.seed) if cfg.embed.split_mode == "donor" \
         else None
-    result = train_encoder(store, labels, donors=donors, split=split,
+    fractions = tuple(cfg.embed.split_fractions or (0.6, 0.2, 0.2))
+    if cfg.embed.split_mode in ("field", "well", "plate"):
+        from .embed.splits import make_split
+
+        split = make_split(cells.obs, cfg.embed.split_mode, label_key=cfg.inputs.label_key,
+                           fractions=fractions, seed=cfg.run.seed)
+    result = train_encoder(store, labels, donors=donors if split is None or
+                           cfg.embed.split_mode == "donor" else None, split=split,
+                           fractions=fractions,
                            split_mode=cfg.embed.split_mode, encoder=dict(cfg.embed.encoder),
                            config=dict(cfg.embed.train), out_dir=ctx.checkpoint_dir, resume=True,
                            device=cfg.run.device, seed=cfg.run.seed)
@@ -249,6 +268,9 @@ def stage_analyze(ctx: StageContext) -> None:
     cfg = ctx.config
     a = cfg.analyze
     raw = ad.read_h5ad(_outputs(ctx, "sae") / "latents.h5ad")
+    _design_check(ctx, raw.obs)
+    if a.preset == "paper":
+        return _analyze_paper(ctx, raw)
     adata = tl.latents_anndata(raw)
     for key in ("X_cnn", "X_measure", "X_pixels", "factors", "programs"):
         if key in raw.obsm:
@@ -299,6 +321,55 @@ def stage_analyze(ctx: StageContext) -> None:
                                      death_key=phenotype if phenotype in adata.obs else None)
     annotation.to_csv(ctx.out / "latent_annotation.csv")
     adata.obsm.pop("measurements", None)
+    _write_h5ad(adata, ctx.out / "latents.h5ad")
+
+
+def _design_check(ctx: StageContext, obs: pd.DataFrame) -> None:
+    """Warn (log, metrics, ``design_check.json``) when genotype is confounded with batch."""
+    from .design import check_design
+
+    cfg = ctx.config
+    if cfg.inputs.label_key not in obs.columns:
+        return
+    check = check_design(obs, cfg.inputs.label_key, donor_key=cfg.inputs.donor_key)
+    ctx.metrics["design_confounded"] = check.confounded
+    _json(ctx.out / "design_check.json", check.to_dict())
+
+
+def _analyze_paper(ctx: StageContext, raw: ad.AnnData) -> None:
+    """The analysis preset ``paper`` (cellsae.tl.paper): the paper's geometry within each
+    mutant class, DPT per control + mutant pair and the volcano, on units with a death rate."""
+    from scipy import sparse
+
+    from . import tl
+    from .tl.paper import paper_analysis
+
+    cfg = ctx.config
+    a = cfg.analyze
+    adata = tl.latents_anndata(raw)
+    for key in ("X_cnn", "X_measure", "X_pixels", "factors", "programs"):
+        if key in raw.obsm:
+            adata.obsm[key] = np.asarray(raw.obsm[key])
+    acts = adata.layers["activations"] if "activations" in adata.layers else adata.X
+    adata.obsm["X_sae"] = (acts.toarray() if sparse.issparse(acts) else np.asarray(acts)
+                           ).astype(np.float32)
+    tl.pca_latents(adata, n_comps=min(50, adata.n_vars - 1), seed=cfg.run.seed)
+    tl.cluster_latents(adata, n_neighbors=a.n_neighbors, resolution=a.leiden_resolution,
+                       seed=cfg.run.seed)
+    label = cfg.inputs.label_key
+    settings = {"label_key": label, "phenotype": cfg.inputs.phenotype_key,
+                "seed": cfg.run.seed, **a.paper}
+    if "control" not in settings:
+        levels = set(adata.obs[label].astype(str))
+        settings["control"] = "healthy" if "healthy" in levels else sorted(levels)[0]
+    result = paper_analysis(adata, **settings)
+    adata.uns.pop("paper", None)
+    result["geometry"].to_csv(ctx.out / "paper_geometry.csv", index=False)
+    result["trajectory"].to_csv(ctx.out / "paper_trajectory.csv", index=False)
+    result["volcano_counts"].to_csv(ctx.out / "paper_volcano_counts.csv", index=False)
+    _json(ctx.out / "paper_summary.json", {"summary": result["summary"],
+                                           "params": result["params"]})
+    ctx.metrics.update(result["summary"])
     _write_h5ad(adata, ctx.out / "latents.h5ad")
 
 

@@ -75,6 +75,7 @@ class InputsSection(StrictModel):
 
 class IngestSection(StrictModel):
     enabled: bool = True
+    unit: Literal["cell", "tile"] = "cell"  # tile: the paper's grid tiles (images.tiles)
     use_for_analysis: bool = False  # True: analyse ingested crops instead of inputs.crops
     settings: dict[str, Any] = Field(default_factory=lambda: {"crop_size": 64, "n_workers": 2})
 
@@ -84,6 +85,7 @@ class EmbedSection(StrictModel):
     encoder: dict[str, Any] = Field(default_factory=lambda: {"arch": "resnet"})
     train: dict[str, Any] = Field(default_factory=dict)
     split_mode: str = "donor"
+    split_fractions: tuple[float, float, float] | None = None  # (train, val, test) shares
     tokens: bool = False               # also write the spatial token store (tokens.zarr)
     token_layer: str | None = None     # tap for the tokens (default: the embedding's layer)
 
@@ -108,6 +110,8 @@ class AnalyzeSection(StrictModel):
     knn_k: int = Field(5, ge=1)
     n_bootstrap: int = Field(200, ge=0)
     differential_alpha: float = Field(0.05, gt=0, lt=1)
+    preset: Literal["paper"] | None = None  # paper: cellsae.tl.paper.paper_analysis
+    paper: dict[str, Any] = Field(default_factory=dict)  # its keyword arguments
 
 
 class AlignSection(StrictModel):
@@ -127,6 +131,7 @@ class ReportSection(StrictModel):
 
 
 class PipelineConfig(StrictModel):
+    preset: Literal["paper"] | None = None  # cellsae.presets: merged under the user's values
     run: RunSection = RunSection()
     world: WorldSection = WorldSection()
     inputs: InputsSection = InputsSection()
@@ -148,6 +153,9 @@ def load_pipeline_config(source: str | Path | dict, **overrides) -> PipelineConf
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
+    from .presets import apply_preset
+
+    data = apply_preset(data)
     cfg = validate_config(PipelineConfig, data, source=str(source) if not isinstance(source, dict)
                           else "config")
     _check_inputs(cfg)

@@ -45,6 +45,10 @@ def build_report(ctx) -> Path:
         ("Pathway hierarchy", _pathways), ("Scored against the truth", _truth),
         ("Run parameters", _parameters),
     ]
+    if _design_check_path(run_dir) is not None:  # the confounding check (cellsae.design)
+        sections.insert(1, ("Study design", _design))
+    if (_out(run_dir, "analyze") / "paper_summary.json").exists():
+        sections.insert(-1, ("Paper analysis preset", _paper))
     for title, fn in sections:
         report.section(title)
         try:
@@ -55,6 +59,52 @@ def build_report(ctx) -> Path:
     path = report.write(ctx.out / "report.html")
     ctx.metrics["report"] = str(path)
     return path
+
+
+def _design_check_path(run_dir: Path) -> Path | None:
+    for stage in ("analyze", "embed"):
+        path = _out(run_dir, stage) / "design_check.json"
+        if path.exists():
+            return path
+    return None
+
+
+def _design(report: Report, run_dir, manifests, cfg) -> None:
+    """A warning block when the studied factor is confounded with donor or plate."""
+    check = json.loads(_design_check_path(run_dir).read_text())
+    if check.get("confounded"):
+        report.warning("Design warning: " + check["message"])
+    else:
+        report.text(f"Design check: every level of '{check['factor']}' has more than one "
+                    "donor and shares plates with the others; no confounding with batch found.")
+    rows = {lv: {"donors": ", ".join(check["donors_per_level"].get(lv, [])),
+                 "plates": ", ".join(check["plates_per_level"].get(lv, []))}
+            for lv in check["levels"]}
+    report.table(pd.DataFrame(rows).T, f"Donors and plates per level of '{check['factor']}'.")
+
+
+def _paper(report: Report, run_dir, manifests, cfg) -> None:
+    """The paper's analysis preset (cellsae.tl.paper): geometry, trajectories, volcano."""
+    out = _out(run_dir, "analyze")
+    summary = json.loads((out / "paper_summary.json").read_text())
+    report.text("The paper's own analysis, on the same units: within each mutant class the "
+                "kNN local/global SD of the death rate (k 5), Moran's I on the directed kNN "
+                "graph and death R² (scaler → PCA 250 → ridge, shuffled 5-fold CV); DPT per "
+                "control + mutant pair rooted at the control unit nearest the control centroid; "
+                "differential features by Mann–Whitney U, BH-FDR and |log2FC| ≥ 0.58. Units "
+                "are the replicates here, as in the paper.")
+    report.kpis({k: v for k, v in summary["summary"].items()})
+    for name, caption in (("paper_trajectory.csv", "DPT vs death per mutant (Spearman ρ, "
+                           "Jonckheere–Terpstra trend over 3 pseudotime bins)."),
+                          ("paper_volcano_counts.csv", "Differential features per mutant.")):
+        if (out / name).exists() and (out / name).stat().st_size > 1:
+            report.table(pd.read_csv(out / name), caption, index=False)
+    geo = out / "paper_geometry.csv"
+    if geo.exists() and geo.stat().st_size > 1:
+        table = pd.read_csv(geo)
+        wide = table.pivot_table(index=["metric", "k"], columns=["rep", "class"],
+                                 values="value", dropna=False)
+        report.table(wide.round(3), "Geometry per representation and mutant class.")
 
 
 def _metrics(manifests, stage) -> dict:

@@ -33,6 +33,7 @@ import json
 import os
 import resource
 import sys
+import tempfile
 import time
 
 
@@ -42,14 +43,13 @@ def _peak_rss_gib() -> float:
 
 def _run_world(args) -> dict:
     import numpy as np
-    import torch
     from scipy import sparse
     from scipy.stats import spearmanr
 
     import cellsae.sae as sae_mod
     from cellsae.datasets import neuron_world
-    from cellsae.embed import crop_statistics, train_encoder
-    from cellsae.metrics import match_factors
+    from cellsae.embed import TokenStore, crop_statistics, extract, train_encoder
+    from cellsae.metrics import match_factors, phenotype_r2
     from cellsae.tl import (
         cluster_latents,
         compare_representations,
@@ -58,6 +58,7 @@ def _run_world(args) -> dict:
         latents_anndata,
         pca_latents,
         pseudotime,
+        token_codes,
     )
 
     figures: dict = {}
@@ -75,11 +76,16 @@ def _run_world(args) -> dict:
         config={"epochs": args.epochs, "batch_size": 64, "patience": None},
         device=args.device, seed=args.seed)
     model = result.model.eval()
-    with torch.no_grad():
-        x_cnn = np.concatenate([model(torch.from_numpy(crops[i:i + 256])).float().numpy()
-                                for i in range(0, len(crops), 256)])
+    # pooled embedding and the spatial tokens of the same (last) tap in one pass
+    tmp = tempfile.TemporaryDirectory(prefix="cellsae_geometry_")
+    tokens_path = os.path.join(tmp.name, "tokens.zarr")
+    emb = extract(model, crops, tokens_out=tokens_path, token_dtype="float32",
+                  device=args.device)
+    x_cnn = emb.embeddings
     cells.obsm["X_cnn"] = x_cnn
     figures["cnn_val_acc"] = float(result.best_val_acc)
+    figures["tokens_per_cell"] = int(emb.tokens_per_cell)
+    figures["token_dim"] = int(emb.token_dim)
     figures["seconds_cnn"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -96,6 +102,22 @@ def _run_world(args) -> dict:
     figures["sae_alive"] = int((codes.getnnz(axis=0) > 0).sum())
     figures["seconds_sae"] = time.perf_counter() - t0
 
+    # the paper's SAE: on every spatial token of the CNN map, codes mean-pooled per cell
+    t0 = time.perf_counter()
+    store = TokenStore(tokens_path)
+    sae_tok = sae_mod.train(store.tokens, arch="batchtopk", d_sae=args.d_sae, k=args.k,
+                            seed=args.seed, device=args.device, progress=False, batch_size=256,
+                            n_steps=args.sae_steps)
+    tok_codes = token_codes(sae_tok, store, pool="mean", progress=False)
+    cells.obsm["X_sae_tokens"] = tok_codes
+    sample = np.asarray(store.tokens[:min(len(store), 20_000)], np.float32)
+    tok_recon = np.asarray(sae_tok.decode(sae_tok.encode(sample, progress=False)), np.float64)
+    figures["sae_tokens_fvu"] = float(((sample - tok_recon) ** 2).sum()
+                                      / ((sample - sample.mean(0)) ** 2).sum())
+    figures["sae_tokens_l0_per_cell"] = float(tok_codes.getnnz(axis=1).mean())
+    figures["sae_tokens_alive"] = int((tok_codes.getnnz(axis=0) > 0).sum())
+    figures["seconds_sae_tokens"] = time.perf_counter() - t0
+
     meas, _ = crop_statistics(crops)
     meas = np.asarray(meas, dtype=np.float64)
     meas = meas[:, meas.std(0) > 0]
@@ -104,11 +126,12 @@ def _run_world(args) -> dict:
     # the comparison table
     t0 = time.perf_counter()
     table = compare_representations(
-        cells, ["X_cnn", "X_sae", "X_measure"], "dead", k=5, groups_key="donor",
+        cells, ["X_cnn", "X_sae", "X_sae_tokens", "X_measure"], "dead", k=5, groups_key="donor",
         factors_key="factors", n_bootstrap=args.n_bootstrap, n_permutations=args.n_permutations,
         n_components=250, max_cells_trust=1500, seed=args.seed)
     figures["seconds_compare"] = time.perf_counter() - t0
-    short = {"X_cnn": "cnn", "X_sae": "sae", "X_measure": "measure"}
+    short = {"X_cnn": "cnn", "X_sae": "sae", "X_sae_tokens": "sae_tokens",
+             "X_measure": "measure"}
     for rep, name in short.items():
         row = table.loc[rep]
         figures[f"knn_sd_ratio_{name}"] = float(row["knn_sd_ratio"])
@@ -127,62 +150,78 @@ def _run_world(args) -> dict:
         figures[f"factor_mcc_{name}"] = float(row["factor_mcc"])
         figures[f"factors_recovered_{name}"] = int(row["n_factors_recovered"])
         figures[f"n_dims_{name}"] = int(row["n_dims"])
-    from cellsae.metrics import phenotype_r2
-
-    for name, x in (("cnn", x_cnn), ("sae", codes)):
+    dead = cells.obs["dead"].to_numpy().astype(float)
+    donors = cells.obs["donor"].to_numpy()
+    reps = {"cnn": x_cnn, "sae": codes, "sae_tokens": tok_codes}
+    for name, x in reps.items():
         figures[f"death_r2_{name}_unscaled"] = phenotype_r2(
-            x, cells.obs["dead"].to_numpy().astype(float), groups=cells.obs["donor"].to_numpy(),
-            standardize=False, seed=args.seed).r2
+            x, dead, groups=donors, standardize=False, seed=args.seed).r2
+    # does a representation add death information beyond the pooled CNN embedding?
+    # (R² of CNN + SAE codes together; the SAE is a function of the CNN's features, so a
+    # gain can only come from what mean pooling of the CNN map averaged away)
+    for name in ("sae", "sae_tokens"):
+        both = np.hstack([x_cnn, reps[name].toarray()])
+        figures[f"death_r2_cnn_plus_{name}"] = phenotype_r2(
+            both, dead, groups=donors, n_components=250, seed=args.seed).r2
     # factor recovery with a latent per factor (Pearson as a second view)
     factors = np.asarray(cells.obsm["factors"])
-    figures["factor_mcc_pearson_cnn"] = match_factors(x_cnn, factors, method="pearson").mcc
-    figures["factor_mcc_pearson_sae"] = match_factors(codes, factors, method="pearson").mcc
+    for name, x in reps.items():
+        figures[f"factor_mcc_pearson_{name}"] = match_factors(x, factors, method="pearson").mcc
 
     # differential features, SNCA vs healthy, cells as replicates (as the paper) and donors
-    lat = latents_anndata(cells, use_rep="X_sae")
+    lats = {name: latents_anndata(cells, use_rep=f"X_{name}") for name in ("sae", "sae_tokens")}
     for method in ("wilcoxon", "pseudobulk"):
         kw = {"donor_key": "donor"} if method == "pseudobulk" else {}
-        t_sae = differential_features(lat, "genotype", groups=["SNCA"], reference="healthy",
-                                      method=method, **kw)
-        t_cnn = differential_features(cells, "genotype", groups=["SNCA"], reference="healthy",
-                                      method=method, use_rep="X_cnn", **kw)
         suffix = "" if method == "wilcoxon" else "_pseudobulk"
-        # headline: BH-adjusted p < 0.05 alone; "_effect": also a minimum effect size
-        # (rank-biserial 0.1 / donor-level Cohen's d 0.5), which rare sparse latents rarely reach
-        figures[f"de_features_cnn{suffix}"] = int(count_significant(t_cnn, min_effect=0.0))
-        figures[f"de_features_sae{suffix}"] = int(count_significant(t_sae, min_effect=0.0))
-        figures[f"de_features_cnn{suffix}_effect"] = int(count_significant(t_cnn))
-        figures[f"de_features_sae{suffix}_effect"] = int(count_significant(t_sae))
-        figures[f"de_fraction_cnn{suffix}"] = figures[f"de_features_cnn{suffix}"] / x_cnn.shape[1]
-        figures[f"de_fraction_sae{suffix}"] = figures[f"de_features_sae{suffix}"] / lat.n_vars
+        tables = {"cnn": differential_features(cells, "genotype", groups=["SNCA"],
+                                               reference="healthy", method=method,
+                                               use_rep="X_cnn", **kw)}
+        for name, lat in lats.items():
+            tables[name] = differential_features(lat, "genotype", groups=["SNCA"],
+                                                 reference="healthy", method=method, **kw)
+        for name, tab in tables.items():
+            # headline: BH-adjusted p < 0.05 alone; "_effect": also a minimum effect size
+            # (rank-biserial 0.1 / donor-level Cohen's d 0.5), which rare latents rarely reach
+            n_feat = x_cnn.shape[1] if name == "cnn" else lats[name].n_vars
+            figures[f"de_features_{name}{suffix}"] = int(count_significant(tab, min_effect=0.0))
+            figures[f"de_features_{name}{suffix}_effect"] = int(count_significant(tab))
+            figures[f"de_fraction_{name}{suffix}"] = figures[f"de_features_{name}{suffix}"] / n_feat
 
-    # DPT on SAE latents (and on the CNN embedding) against the true progression
+    # DPT against the true progression: on the SAE latents (log1p, z-scored PCA, the
+    # documented default), on the token SAE's latents, and on the CNN embedding itself
     t0 = time.perf_counter()
-    pca_latents(lat, n_comps=min(30, lat.n_vars - 1), seed=args.seed)
-    cluster_latents(lat, n_neighbors=15, resolution=0.45, umap=False, method="gauss",
-                    seed=args.seed)
-    pseudotime(lat, root_group={"genotype": "healthy"}, live_key="dead")
     true_t = cells.obs["t"].to_numpy()
-    dead = cells.obs["dead"].to_numpy().astype(float)
-    figures["dpt_t_spearman"] = float(spearmanr(lat.obs["dpt_pseudotime"], true_t)[0])
+    for name, lat in lats.items():
+        pca_latents(lat, n_comps=min(30, lat.n_vars - 1), seed=args.seed)
+        cluster_latents(lat, n_neighbors=15, resolution=0.45, umap=False, method="gauss",
+                        seed=args.seed)
+        pseudotime(lat, root_group={"genotype": "healthy"}, live_key="dead")
+        pt = lat.obs["dpt_pseudotime"].to_numpy()
+        key = "dpt_t_spearman" if name == "sae" else f"dpt_t_spearman_{name}"
+        figures[key] = float(spearmanr(pt, true_t, nan_policy="omit")[0])
+        figures[f"dpt_dead_spearman_{name}"] = float(spearmanr(pt, dead, nan_policy="omit")[0])
+        figures[f"n_leiden_{name}"] = int(lat.obs["leiden"].nunique())
+        paga = _paga_vs_truth(lat, true_t, cells.obs["branch"].to_numpy())
+        figures.update({k if name == "sae" else k.replace("paga_", f"paga_{name}_"): v
+                        for k, v in paga.items()})
+    lat = lats["sae"]
     unscaled = lat.copy()
     pca_latents(unscaled, n_comps=min(30, lat.n_vars - 1), standardize=False, seed=args.seed)
     cluster_latents(unscaled, n_neighbors=15, resolution=0.45, umap=False, method="gauss",
                     seed=args.seed)
     pseudotime(unscaled, root_group={"genotype": "healthy"}, live_key="dead")
     figures["dpt_t_spearman_unscaled"] = float(
-        spearmanr(unscaled.obs["dpt_pseudotime"], true_t)[0])
-    figures["dpt_dead_spearman_sae"] = float(spearmanr(lat.obs["dpt_pseudotime"], dead)[0])
-    figures["n_leiden_sae"] = int(lat.obs["leiden"].nunique())
-    figures.update(_paga_vs_truth(lat, cells.obs["t"].to_numpy(), cells.obs["branch"].to_numpy()))
+        spearmanr(unscaled.obs["dpt_pseudotime"], true_t, nan_policy="omit")[0])
     cnn = cells.copy()
-    del cnn.obsm["X_sae"]
+    for key in ("X_sae", "X_sae_tokens"):
+        del cnn.obsm[key]
     cluster_latents(cnn, use_rep="X_cnn", n_neighbors=15, resolution=0.45, umap=False,
-                    method="gauss",
-                    seed=args.seed)
+                    method="gauss", seed=args.seed)
     pseudotime(cnn, root_group={"genotype": "healthy"}, live_key="dead")
-    figures["dpt_t_spearman_cnn"] = float(spearmanr(cnn.obs["dpt_pseudotime"], true_t)[0])
+    figures["dpt_t_spearman_cnn"] = float(spearmanr(cnn.obs["dpt_pseudotime"], true_t,
+                                                    nan_policy="omit")[0])
     figures["seconds_dpt"] = time.perf_counter() - t0
+    tmp.cleanup()
     figures["seconds_total"] = time.perf_counter() - t_start
     figures["peak_rss_gib"] = _peak_rss_gib()
     return figures

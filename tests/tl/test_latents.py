@@ -159,3 +159,53 @@ def test_pseudotime_on_disconnected_graph_uses_the_largest_component(rng):
     assert np.isnan(pt[300:]).all() and np.isfinite(pt[:300]).all()
     assert lat.uns["dpt_root"]["n_components_graph"] >= 2
     assert spearmanr(pt[:300], obs["t"])[0] > 0.9
+
+
+def test_present_everywhere_but_varying_latent_is_kept(rng):
+    codes, obs = trajectory_codes(rng, n=200)
+    varying = rng.uniform(0.1, 3.0, size=(200, 1))  # like a mean-pooled token code
+    constant = np.full((200, 1), 2.0) + rng.normal(0, 0.01, size=(200, 1))
+    lat = latents_anndata(sparse.hstack([codes, sparse.csr_matrix(np.c_[varying, constant])]),
+                          obs=obs)
+    assert lat.uns["latents"]["n_ubiquitous"] == 1
+    assert "latent_40" in lat.var_names and "latent_41" not in lat.var_names
+    assert lat.var.loc["latent_40", "cv"] > 0.2
+
+
+def test_neighbors_exact_backend_matches_scanpy_exact_knn(rng):
+    from cellsae.tl.latents import neighbors
+
+    codes, obs = trajectory_codes(rng, n=300)
+    lat = latents_anndata(codes, obs=obs)
+    pca_latents(lat, n_comps=10)
+    ref = neighbors(lat, n_neighbors=10, method="gauss", copy=True)  # scanpy's own kNN
+    neighbors(lat, n_neighbors=10, method="gauss", knn="exact")
+    assert lat.uns["neighbors"]["params"]["knn"] == "exact"
+    assert ref.uns["neighbors"]["params"]["knn"] == "scanpy"
+    a, b = lat.obsp["distances"], ref.obsp["distances"]
+    assert (a != 0).sum() == (b != 0).sum()
+    np.testing.assert_allclose(np.sort(a.data[a.data > 0]), np.sort(b.data[b.data > 0]),
+                               rtol=1e-4)
+    np.testing.assert_allclose(lat.obsp["connectivities"].toarray(),
+                               ref.obsp["connectivities"].toarray(), atol=1e-5)
+    with pytest.raises(ValueError, match="knn must be one of"):
+        neighbors(lat, knn="annoy")
+    with pytest.raises(KeyError, match="X_missing"):
+        neighbors(lat, use_rep="X_missing")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("phate") is None, reason="needs the phate extra")
+def test_phate_embeds_the_trajectory(rng):
+    codes, obs = trajectory_codes(rng, n=200)
+    lat = latents_anndata(codes, obs=obs)
+    pca_latents(lat, n_comps=10)
+    phate(lat, knn=5, decay=40, t=10, n_components=2)
+    emb = lat.obsm["X_phate"]
+    assert emb.shape == (200, 2) and np.isfinite(emb).all()
+    from sklearn.neighbors import NearestNeighbors
+
+    t = obs["t"].to_numpy()
+    _, nb = NearestNeighbors(n_neighbors=6).fit(emb).kneighbors(emb)
+    near = np.abs(t[nb[:, 1:]] - t[:, None]).mean()  # neighbours in PHATE share t
+    assert near < 0.25 * np.abs(t[:, None] - t[None, :]).mean()
+    assert lat.uns["phate"]["params"]["knn"] == 5

@@ -73,7 +73,8 @@ def volcano(table: pd.DataFrame, *, group: str | None = None, x: str = "effect_s
 
 
 def latent_gallery(adata, latent: str | int, crops=None, *, n: int = 16, ncols: int = 8,
-                   activation_maps: np.ndarray | None = None, channels: Sequence[str] | None = None,
+                   activation_maps: np.ndarray | None = None, sae=None, tokens=None,
+                   channels: Sequence[str] | None = None,
                    channel_names: Sequence[str] | None = None, map_alpha: float = 0.45,
                    title: str | None = None):
     """The top-activating cells of one latent as a crop gallery.
@@ -92,6 +93,10 @@ def latent_gallery(adata, latent: str | int, crops=None, *, n: int = 16, ncols: 
     activation_maps : (n_cells, h, w) array, optional
         The latent's spatial activation per cell (token-level SAEs); drawn over each crop,
         upsampled bilinearly to the crop size.
+    sae, tokens : SAE and TokenStore (or its path), optional
+        For a token-level SAE: compute the activation maps of the shown cells from the
+        token store (:func:`cellsae.tl.token_activation_maps`) instead of passing
+        ``activation_maps``. The latent's dictionary index is ``var["latent_index"]``.
     channels, channel_names : sequences of str, optional
         Channels to composite and the names of all channels (default from
         ``uns["single_cell_images"]["channel_names"]``).
@@ -124,6 +129,17 @@ def latent_gallery(adata, latent: str | int, crops=None, *, n: int = 16, ncols: 
         top = order[col[order] > 0]
     if len(top) == 0:
         raise ValueError(f"latent {adata.var_names[j]!r} is not active in any cell")
+    if (sae is None) != (tokens is None):
+        raise ValueError("activation maps from tokens need both sae= and tokens=")
+    maps = activation_maps
+    if sae is not None:
+        if activation_maps is not None:
+            raise ValueError("pass either activation_maps= or sae= and tokens=, not both")
+        from ..tl.annotate import token_activation_maps
+
+        index = int(adata.var["latent_index"].iloc[j]) if "latent_index" in adata.var else j
+        maps = dict(zip(top.tolist(), token_activation_maps(sae, tokens, index, top),
+                        strict=True))
     if crops is None:
         if CROPS_KEY not in adata.obsm:
             raise KeyError(f"no crops given and obsm[{CROPS_KEY!r}] is missing; pass crops=")
@@ -142,8 +158,8 @@ def latent_gallery(adata, latent: str | int, crops=None, *, n: int = 16, ncols: 
     for i, cell in enumerate(top):
         ax = axes.ravel()[i]
         ax.imshow(rgb[i], interpolation="nearest")
-        if activation_maps is not None:
-            amap = np.asarray(activation_maps[cell], dtype=np.float32)
+        if maps is not None:
+            amap = np.asarray(maps[int(cell)], dtype=np.float32)
             h, w = rgb.shape[1:3]
             ax.imshow(amap, cmap="magma", alpha=map_alpha, extent=(-0.5, w - 0.5, h - 0.5, -0.5),
                       interpolation="bilinear", vmin=0, vmax=max(float(amap.max()), 1e-9))

@@ -10,3 +10,5 @@ from .pathways import gene_modules, get_hierarchy, module_scores, map_module_sco
 from .sae import sae_encode
 from .pathways import pathway_activity
 from .align import gw_map
+from .latents import neighbors, token_codes
+from .annotate import token_activation_maps

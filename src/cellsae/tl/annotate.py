@@ -27,7 +27,7 @@ from .latents import _available_reps, obs_values
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["annotate_latents", "top_cells"]
+__all__ = ["annotate_latents", "top_cells", "token_activation_maps"]
 
 
 def top_cells(x, n_top: int = 16) -> np.ndarray:
@@ -50,6 +50,47 @@ def top_cells(x, n_top: int = 16) -> np.ndarray:
         vals, rows = vals[pos], rows[pos]
         order = np.argsort(-vals, kind="stable")[:n_top]
         out[j, :len(order)] = rows[order]
+    return out
+
+
+def token_activation_maps(sae, tokens, latent: int, cells) -> np.ndarray:
+    """Spatial activation of one SAE latent over the token grid of some cells.
+
+    For a token-level SAE, the map shows *where* in each crop the latent fires; drawn over
+    the crops by :func:`cellsae.pl.latent_gallery`.
+
+    Parameters
+    ----------
+    sae : SAE
+        Trained on the store's tokens.
+    tokens : TokenStore or path
+        From :func:`cellsae.embed.extract` (``tokens_out=``).
+    latent : int
+        Index in the SAE dictionary (``var["latent_index"]`` of a latents AnnData).
+    cells : (n,) int array
+        Cell positions (rows of the crops).
+
+    Returns
+    -------
+    (n, grid_h, grid_w) float32 array of activations (raw units).
+    """
+    from .latents import _token_store
+
+    store = _token_store(tokens)
+    if not 0 <= int(latent) < sae.d_sae:
+        raise IndexError(f"latent {latent} outside the SAE dictionary [0, {sae.d_sae})")
+    cells = np.atleast_1d(np.asarray(cells, dtype=np.int64))
+    if cells.size and (cells.min() < 0 or cells.max() >= store.n_cells):
+        raise IndexError(f"cells must lie in [0, {store.n_cells}), the store's cells")
+    gh, gw = (int(g) for g in store.grid)
+    out = np.zeros((len(cells), gh, gw), np.float32)
+    for i, cell in enumerate(cells):  # a gallery's handful of cells
+        a, b = int(store.offsets[cell]), int(store.offsets[cell + 1])
+        if b == a:
+            continue
+        codes = sae.encode(np.asarray(store.tokens[a:b], np.float32), progress=False)
+        pos = np.asarray(store.position[a:b], dtype=np.int64)
+        out[i, pos[:, 0], pos[:, 1]] = codes[:, int(latent)].toarray().ravel()
     return out
 
 

@@ -15,8 +15,12 @@ Before PCA each latent is divided by its standard deviation and PCA centres impl
 which equals the paper's ``log1p → per-latent z-score → PCA`` (REFERENCE_CODE §7) without
 ever densifying the cells × latents matrix. Dead latents (active in fewer than
 ``min_cells`` cells or a fraction below ``min_frac_active``) carry no information and
-ubiquitous latents (active in more than ``max_frac_active`` of cells) act like a bias
-term; both are removed by default and counted in ``uns["latents"]``.
+ubiquitous latents (active in more than ``max_frac_active`` of cells *with* a nearly
+constant activation, coefficient of variation below ``ubiquitous_cv``) act like a bias
+term; both are removed by default and counted in ``uns["latents"]``. Presence alone does
+not make a latent ubiquitous: codes mean-pooled from tokens are present in almost every
+cell (some token of every crop fires most latents) while their amount varies, and that
+amount is the signal.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "latents_anndata",
     "latent_stats",
+    "token_codes",
     "pca_latents",
+    "neighbors",
     "cluster_latents",
     "dpt_root",
     "pseudotime",
@@ -142,7 +148,8 @@ def latent_stats(codes) -> pd.DataFrame:
 def latents_anndata(codes, *, obs: pd.DataFrame | None = None, var_names=None,
                     transform: str = "log1p", filter_latents: bool = True,
                     min_cells: int = 3, min_frac_active: float = 1e-4,
-                    max_frac_active: float = 0.9, use_rep: str | None = None):
+                    max_frac_active: float = 0.9, ubiquitous_cv: float = 0.2,
+                    use_rep: str | None = None):
     """Build an analysis-ready AnnData from SAE codes, latents as "genes".
 
     Parameters
@@ -164,8 +171,10 @@ def latents_anndata(codes, *, obs: pd.DataFrame | None = None, var_names=None,
     min_cells, min_frac_active : int, float
         A latent active in fewer cells than ``max(min_cells, min_frac_active * n_cells)``
         is dead.
-    max_frac_active : float
-        A latent active in more than this fraction of cells is ubiquitous.
+    max_frac_active, ubiquitous_cv : float
+        A latent active in more than ``max_frac_active`` of cells whose activation's
+        coefficient of variation over cells (SD / mean, zeros included) is below
+        ``ubiquitous_cv`` is ubiquitous.
 
     Returns
     -------
@@ -215,11 +224,16 @@ def latents_anndata(codes, *, obs: pd.DataFrame | None = None, var_names=None,
                            else [f"latent_{i}" for i in range(d)])
     threshold = max(min_cells, min_frac_active * n)
     stats["dead"] = stats["n_cells_active"] < threshold
-    stats["ubiquitous"] = stats["frac_active"] > max_frac_active
+    sq = np.asarray(codes.multiply(codes).sum(0)).ravel() / max(n, 1)
+    mean = stats["mean_activation"].to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cv = np.where(mean > 0, np.sqrt(np.clip(sq - mean**2, 0, None)) / mean, np.inf)
+    stats["cv"] = cv
+    stats["ubiquitous"] = (stats["frac_active"] > max_frac_active) & (cv < ubiquitous_cv)
     info: dict[str, Any] = {
         "params": {"transform": transform, "filter_latents": filter_latents,
                    "min_cells": min_cells, "min_frac_active": min_frac_active,
-                   "max_frac_active": max_frac_active},
+                   "max_frac_active": max_frac_active, "ubiquitous_cv": ubiquitous_cv},
         "n_latents_input": int(d), "n_dead": int(stats["dead"].sum()),
         "n_ubiquitous": int(stats["ubiquitous"].sum()),
     }
@@ -229,7 +243,7 @@ def latents_anndata(codes, *, obs: pd.DataFrame | None = None, var_names=None,
         if not keep.any():
             raise ValueError(
                 f"all {d} latents are dead or ubiquitous (dead: {info['n_dead']}, ubiquitous: "
-                f"{info['n_ubiquitous']}); relax min_cells/max_frac_active or pass "
+                f"{info['n_ubiquitous']}); relax min_cells/max_frac_active/ubiquitous_cv or pass "
                 "filter_latents=False"
             )
         logger.info("kept %d of %d latents (%d dead, %d ubiquitous)", int(keep.sum()), d,
@@ -249,6 +263,64 @@ def latents_anndata(codes, *, obs: pd.DataFrame | None = None, var_names=None,
     if source is not None and "sae" in source.uns:
         adata.uns["sae"] = source.uns["sae"]
     return adata
+
+
+def _token_store(tokens):
+    from ..embed import TokenStore
+
+    return tokens if isinstance(tokens, TokenStore) else TokenStore(tokens)
+
+
+def token_codes(sae, tokens, *, pool: str = "mean", cells_per_batch: int = 512,
+                progress: bool | None = None) -> sparse.csr_matrix:
+    """Encode every token of a token store with an SAE and pool the codes per cell.
+
+    The token-level path of the paper: the SAE sees each spatial position of the CNN
+    feature map, and a cell's code is the pool of its tokens' codes (mean by default, as
+    in the paper), which keeps what the pooled CNN embedding averages away. Streams whole
+    cells, so memory is bounded by ``cells_per_batch`` cells of tokens and codes.
+
+    Parameters
+    ----------
+    sae : SAE
+        Trained on tokens of the same layer (``d_in`` = the store's ``dim``).
+    tokens : TokenStore or path
+        Written by :func:`cellsae.embed.extract` with ``tokens_out=``.
+    pool : {"mean", "max", "sum"}
+        See :func:`cellsae.sae.pool_codes`.
+    cells_per_batch : int
+        Cells encoded at a time.
+
+    Returns
+    -------
+    (n_cells, d_sae) float32 CSR matrix, row i = cell i of the crops.
+    """
+    from .._utils import progress as progress_bar
+    from ..sae import pool_codes
+
+    store = _token_store(tokens)
+    if sae.d_in != store.dim:
+        raise ValueError(f"the SAE takes d_in={sae.d_in} inputs but the tokens of "
+                         f"'{store.path}' have dim {store.dim} (layer {store.layer}); train "
+                         "the SAE on this token store")
+    if cells_per_batch < 1:
+        raise ValueError(f"cells_per_batch must be >= 1, got {cells_per_batch}")
+    blocks = []
+    bar = progress_bar(total=store.n_cells, desc="encode tokens", unit="cell",
+                       disable=None if progress is None else not progress)
+    for lo in range(0, store.n_cells, cells_per_batch):
+        hi = min(store.n_cells, lo + cells_per_batch)
+        a, b = int(store.offsets[lo]), int(store.offsets[hi])
+        if b > a:
+            x = np.asarray(store.tokens[a:b], np.float32)
+            cell = np.asarray(store.cell_index[a:b]) - lo
+            codes = sae.encode(x, batch_size=len(x), progress=False)
+            blocks.append(pool_codes(codes, cell, hi - lo, pool=pool))
+        else:
+            blocks.append(sparse.csr_matrix((hi - lo, sae.d_sae), dtype=np.float32))
+        bar.update(hi - lo)
+    bar.close()
+    return sparse.vstack(blocks, format="csr", dtype=np.float32)
 
 
 # -- PCA, graph, clusters -----------------------------------------------------------------
@@ -314,6 +386,16 @@ def pca_latents(adata, *, n_comps: int = 50, standardize: bool = True, layer: st
     return adata if copy else None
 
 
+def _without_self(d) -> sparse.csr_matrix:
+    """Drop each cell's own (zero-distance) entry, as scanpy does for its exact kNN.
+
+    Left in, the Gaussian kernel turns the explicit zero into a self-loop of weight 1.
+    """
+    coo = sparse.coo_matrix(d)
+    off = coo.row != coo.col
+    return sparse.csr_matrix((coo.data[off], (coo.row[off], coo.col[off])), shape=coo.shape)
+
+
 class _NNDescentCSR:  # sklearn-compatible (get_params) without importing sklearn here
     """pynndescent kNN as an sklearn-style transformer returning a ``csr_matrix``.
 
@@ -339,12 +421,92 @@ class _NNDescentCSR:  # sklearn-compatible (get_params) without importing sklear
         d = PyNNDescentTransformer(n_neighbors=self.n_neighbors, metric=self.metric,
                                    random_state=self.random_state, n_trees=self.n_trees,
                                    n_iters=self.n_iters).fit_transform(x)
-        return sparse.csr_matrix(d)
+        return _without_self(d)
+
+
+class _ExactCSR:
+    """Exact kNN (sklearn, brute force in blocks) as a transformer returning ``csr_matrix``.
+
+    Each cell's ``n_neighbors`` nearest cells counting itself, as a distance matrix without
+    the self entries (scanpy adds the self column back), like scanpy's exact kNN.
+    """
+
+    def __init__(self, n_neighbors: int, metric: str, n_jobs: int | None = None):
+        self.n_neighbors, self.metric, self.n_jobs = n_neighbors, metric, n_jobs
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {"n_neighbors": self.n_neighbors, "metric": self.metric, "n_jobs": self.n_jobs}
+
+    def fit_transform(self, x, y=None):
+        from sklearn.neighbors import NearestNeighbors
+
+        nn = NearestNeighbors(n_neighbors=self.n_neighbors, metric=self.metric,
+                              algorithm="brute", n_jobs=self.n_jobs).fit(x)
+        return _without_self(nn.kneighbors_graph(x, mode="distance"))
+
+
+KNN_BACKENDS = ("auto", "exact", "pynndescent")
+
+
+def neighbors(adata, *, use_rep: str = "X_pca", n_neighbors: int = 15, n_pcs: int | None = None,
+              metric: str = "euclidean", method: str = "umap", knn: str = "auto",
+              seed: int = 0, key_added: str | None = None, copy: bool = False):
+    """``sc.pp.neighbors`` with a kNN backend that works at every size.
+
+    Every neighbour graph in :mod:`cellsae.tl` is built here. scanpy 1.11 with scipy ≥ 1.15
+    fails above 8,192 cells (its pynndescent path receives a sparse *array* and calls
+    ``getnnz``); this passes scanpy a transformer that returns a ``csr_matrix`` instead.
+
+    Parameters
+    ----------
+    adata : AnnData
+        With ``obsm[use_rep]`` (n_cells, n_dims).
+    use_rep, n_neighbors, n_pcs, metric, method
+        As in ``sc.pp.neighbors`` (``method="gauss"`` avoids UMAP's numba compilation).
+    knn : {"auto", "exact", "pynndescent"}
+        ``"exact"``: sklearn brute force (exact, vectorised BLAS; the best choice up to a
+        few 10⁵ cells of a ≤ 50-d representation); ``"pynndescent"``: approximate
+        (compiles numba code on first use, tens of CPU seconds once per process);
+        ``"auto"``: scanpy's own exact kNN below 8,192 cells, exact brute force above.
+    seed : int
+        Random state of the approximate search and the UMAP kernel.
+    key_added : str, optional
+        As in scanpy (``uns[key_added]``, ``obsp[f"{key_added}_connectivities"]``).
+
+    Returns
+    -------
+    None, or a new AnnData if ``copy``; scanpy's keys (``obsp["connectivities"]``,
+    ``obsp["distances"]``, ``uns["neighbors"]``) with ``uns[...]["params"]["knn"]``.
+    """
+    import scanpy as sc
+
+    if knn not in KNN_BACKENDS:
+        raise ValueError(f"knn must be one of {KNN_BACKENDS}, got {knn!r}")
+    adata = adata.copy() if copy else adata
+    if use_rep not in adata.obsm and use_rep != "X":
+        raise KeyError(f"representation {use_rep!r} not found; available: {_available_reps(adata)}"
+                       + ("; run cellsae.tl.pca_latents first" if use_rep == "X_pca" else ""))
+    if adata.n_obs <= n_neighbors:
+        raise ValueError(f"{adata.n_obs} cells are too few for n_neighbors={n_neighbors}")
+    backend = knn
+    if knn == "auto":
+        backend = "scanpy" if adata.n_obs < 8192 else "exact"
+    transformer = None
+    if backend == "exact":
+        transformer = _ExactCSR(n_neighbors, metric)
+    elif backend == "pynndescent":
+        transformer = _NNDescentCSR(n_neighbors, metric, seed, adata.n_obs)
+    sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep=use_rep, n_pcs=n_pcs,
+                    metric=metric, method=method, transformer=transformer, random_state=seed,
+                    key_added=key_added)
+    adata.uns[key_added or "neighbors"]["params"]["knn"] = backend
+    return adata if copy else None
 
 
 def cluster_latents(adata, *, use_rep: str = "X_pca", n_neighbors: int = 15, n_pcs: int | None = None,
                     metric: str = "euclidean", resolution: float = 1.0, paga: bool = True,
-                    umap: bool = True, method: str = "umap", seed: int = 0, copy: bool = False):
+                    umap: bool = True, method: str = "umap", knn: str = "auto", seed: int = 0,
+                    copy: bool = False):
     """kNN graph, Leiden clusters, PAGA and UMAP through scanpy.
 
     Parameters
@@ -362,6 +524,8 @@ def cluster_latents(adata, *, use_rep: str = "X_pca", n_neighbors: int = 15, n_p
     method : {"umap", "gauss"}
         Connectivity kernel of ``sc.pp.neighbors``. ``"umap"`` (scanpy's default) compiles
         numba code on first use (tens of seconds once per process); ``"gauss"`` does not.
+    knn : {"auto", "exact", "pynndescent"}
+        kNN backend, see :func:`neighbors`.
     seed : int
         Leiden and UMAP seed.
 
@@ -373,16 +537,8 @@ def cluster_latents(adata, *, use_rep: str = "X_pca", n_neighbors: int = 15, n_p
     import scanpy as sc
 
     adata = adata.copy() if copy else adata
-    if use_rep not in adata.obsm:
-        raise KeyError(f"representation {use_rep!r} not found; available: {_available_reps(adata)}"
-                       + ("; run cellsae.tl.pca_latents first" if use_rep == "X_pca" else ""))
-    if adata.n_obs <= n_neighbors:
-        raise ValueError(f"{adata.n_obs} cells are too few for n_neighbors={n_neighbors}")
-    transformer = None
-    if adata.n_obs >= 8192 or (metric != "euclidean" and adata.n_obs >= 4096):  # pynndescent
-        transformer = _NNDescentCSR(n_neighbors, metric, seed, adata.n_obs)
-    sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep=use_rep, n_pcs=n_pcs,
-                    metric=metric, method=method, transformer=transformer, random_state=seed)
+    neighbors(adata, use_rep=use_rep, n_neighbors=n_neighbors, n_pcs=n_pcs, metric=metric,
+              method=method, knn=knn, seed=seed)
     sc.tl.leiden(adata, resolution=resolution, flavor="igraph", n_iterations=2,
                  directed=False, random_state=seed)
     if paga:
@@ -395,7 +551,8 @@ def cluster_latents(adata, *, use_rep: str = "X_pca", n_neighbors: int = 15, n_p
             sc.tl.umap(adata, random_state=seed)
     adata.uns["cluster_latents"] = {"params": {
         "use_rep": use_rep, "n_neighbors": n_neighbors, "metric": metric,
-        "resolution": resolution, "paga": paga, "umap": umap, "method": method, "seed": seed}}
+        "resolution": resolution, "paga": paga, "umap": umap, "method": method, "knn": knn,
+        "seed": seed}}
     return adata if copy else None
 
 

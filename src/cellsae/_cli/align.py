@@ -24,12 +24,16 @@ def register(app: typer.Typer) -> None:
                                        "cells."),
         method: str = typer.Option("auto", help="exact, landmark, or auto (landmark above "
                                    "12k cells per side)."),
-        n_neighbors: str = typer.Option("15,30,50", help="Candidate kNN sizes, "
-                                        "comma-separated."),
+        n_neighbors: str = typer.Option("15,30,50", help="kNN sizes, comma-separated "
+                                        "(averaged or a grid, see --cost)."),
         epsilon: str = typer.Option("0.002,0.005,0.01", help="Candidate entropic "
                                     "regularisations, comma-separated."),
         criterion: str = typer.Option("consensus", help="Label-free selection: consensus, "
                                       "objective or distortion."),
+        cost: str = typer.Option("multiscale_geodesic", help="Intra-domain cost: "
+                                 "multiscale_geodesic (kNN geodesics averaged over every "
+                                 "--n-neighbors, only epsilon is selected), knn_geodesic "
+                                 "(every k, epsilon pair is a candidate), euclidean, cosine."),
         n_pcs: int = typer.Option(30, help="Principal components per side."),
         n_landmarks: int = typer.Option(2000, help="Anchors per side for the landmark "
                                         "solver."),
@@ -62,7 +66,8 @@ def register(app: typer.Typer) -> None:
         adata_rna = ad.read_h5ad(rna)
         result = gw_map(adata_img, adata_rna, use_rep_img=use_rep_img,
                         use_rep_rna=use_rep_rna, labels_key=labels_key, method=method,
-                        n_neighbors=ks, epsilon=eps, criterion=criterion, n_pcs=n_pcs,
+                        n_neighbors=ks, epsilon=eps, criterion=criterion, cost=cost,
+                        n_pcs=n_pcs,
                         n_landmarks=n_landmarks, device=device, seed=seed)
         out.mkdir(parents=True, exist_ok=True)
         result.save(out / "gw_result.npz")

@@ -20,3 +20,7 @@ from .landmark import landmark_gw, quantize  # noqa: E402
 from .selection import CRITERIA, distortion_score, select_gw  # noqa: E402
 
 __all__ += ["CRITERIA", "distortion_score", "landmark_gw", "quantize", "select_gw"]
+
+from .costs import multiscale_geodesic_cost  # noqa: E402
+
+__all__ += ["multiscale_geodesic_cost"]

@@ -26,6 +26,7 @@ __all__ = [
     "cosine_cost",
     "euclidean_cost",
     "knn_geodesic_cost",
+    "multiscale_geodesic_cost",
     "normalize_cost",
     "pairwise_cost",
 ]
@@ -43,6 +44,7 @@ class CostInfo:
     n_components: int = 1
     n_joining_edges: int = 0
     warnings: list[str] = field(default_factory=list)
+    scales: list[int] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,6 +133,26 @@ def cosine_cost(x, *, normalization: Normalization = "max",
                                                  scale=scale)
 
 
+def _check_metric_defined(x: np.ndarray, metric: str) -> None:
+    """Correlation (cosine) distance is undefined for a cell whose features are all equal
+    (all zero): scikit-learn returns NaN and the neighbour search silently gives that cell
+    arbitrary neighbours. Refuse, naming the cells."""
+    if metric == "correlation":
+        bad = np.flatnonzero(np.ptp(x, axis=1) == 0)
+        what = "the same value in every feature"
+    elif metric == "cosine":
+        bad = np.flatnonzero(np.linalg.norm(x, axis=1) == 0)
+        what = "all features zero"
+    else:
+        return
+    if len(bad):
+        raise ValueError(
+            f"{len(bad)} cell(s) have {what} (first: row {int(bad[0])}), so their "
+            f"{metric} distance to every other cell is undefined; drop those cells or use "
+            "metric='euclidean'"
+        )
+
+
 def _join_components(graph: sparse.csr_matrix, x: np.ndarray, metric: str,
                      labels: np.ndarray, n_comp: int) -> tuple[sparse.csr_matrix, int]:
     """Join disconnected kNN components by their closest pairs of cells.
@@ -198,6 +220,7 @@ def knn_geodesic_cost(x, *, n_neighbors: int = 30, metric: str = "euclidean",
     n = x.shape[0]
     if n_neighbors < 1:
         raise ValueError(f"n_neighbors must be >= 1, got {n_neighbors}")
+    _check_metric_defined(x, metric)
     k = min(int(n_neighbors), n - 1)
     graph = kneighbors_graph(x, k, mode=mode, metric=metric, include_self=False)
     if mode == "distance":
@@ -224,8 +247,59 @@ def knn_geodesic_cost(x, *, n_neighbors: int = 30, metric: str = "euclidean",
         logger.warning(msg)
         info.n_joining_edges = n_edges
         info.warnings.append(msg)
+    if not np.isfinite(graph.data).all():
+        raise ValueError(f"the kNN graph has non-finite edge weights under metric={metric!r}; "
+                         "check the representation for degenerate cells")
     c = shortest_path(graph, method="D", directed=False)
     c, scale = normalize_cost(c, normalization)
+    info.scale = scale
+    return c.astype(dtype, copy=False), info
+
+
+def multiscale_geodesic_cost(x, *, n_neighbors=(15, 30, 50, 70, 110), metric: str = "euclidean",
+                             mode: Literal["connectivity", "distance"] = "distance",
+                             normalization: Normalization = "max", join_components: bool = True,
+                             dtype=np.float64) -> tuple[np.ndarray, CostInfo]:
+    """Average of kNN-geodesic costs over several neighbourhood sizes.
+
+    Each scale's shortest-path matrix is normalised by ``normalization`` first, so every
+    ``k`` weighs the same; the average is normalised again. Small ``k`` resolves local
+    structure but can cut a manifold into far-apart pieces; large ``k`` short-circuits it.
+    Averaging removes the need to choose ``k`` at all, and on the paired benchmarks it
+    removes the ``k`` values that send GW into mirror-image solutions: SNARE-seq
+    FOSCTTM 0.150 / 0.150 at ε = 3e-3 / 1e-2 with k = (30, 70, 110), against 0.15 to
+    0.23 for the single ``k`` in that range (benchmarks/gw_alignment.py).
+
+    Parameters
+    ----------
+    x : (n_cells, n_features) array
+    n_neighbors : sequence of int
+        Neighbourhood sizes (each clipped to ``n_cells - 1``; duplicates after clipping
+        are dropped).
+    metric, mode, normalization, join_components
+        As in ``knn_geodesic_cost``.
+
+    Returns
+    -------
+    cost : (n_cells, n_cells) array
+    info : CostInfo with ``kind="multiscale_geodesic"`` and the ``scales`` used.
+    """
+    x = check_representation(x)
+    ks = sorted({min(int(k), x.shape[0] - 1) for k in np.atleast_1d(n_neighbors)})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"n_neighbors must list neighbourhood sizes >= 1, got {n_neighbors}")
+    total = np.zeros((x.shape[0], x.shape[0]))
+    info = CostInfo(kind="multiscale_geodesic", normalization=normalization, scale=1.0,
+                    metric=metric, scales=ks)
+    for k in ks:
+        c, sub = knn_geodesic_cost(x, n_neighbors=k, metric=metric, mode=mode,
+                                   normalization=normalization if normalization != "none"
+                                   else "max", join_components=join_components)
+        total += c
+        info.n_components = max(info.n_components, sub.n_components)
+        info.n_joining_edges += sub.n_joining_edges
+        info.warnings.extend(sub.warnings)
+    c, scale = normalize_cost(total / len(ks), normalization)
     info.scale = scale
     return c.astype(dtype, copy=False), info
 
@@ -233,6 +307,7 @@ def knn_geodesic_cost(x, *, n_neighbors: int = 30, metric: str = "euclidean",
 def pairwise_cost(x, kind: str = "knn_geodesic", **kwargs) -> tuple[np.ndarray, CostInfo]:
     """Dispatch to one of the cost builders by name."""
     builders = {"knn_geodesic": knn_geodesic_cost, "geodesic": knn_geodesic_cost,
+                "multiscale_geodesic": multiscale_geodesic_cost,
                 "euclidean": euclidean_cost, "cosine": cosine_cost}
     if kind == "sqeuclidean":
         return euclidean_cost(x, squared=True, **kwargs)

@@ -9,7 +9,8 @@ candidates) of the mean squared distance between its projection and theirs, scal
 the target's total variance. Mirror images and other poor local minima disagree with the
 bulk of the grid and with each other, while settings that recover the shared geometry
 land on nearly the same map, so the candidate with the lowest median disagreement (the
-medoid of the grid) is chosen. The other criteria are kept for comparison:
+medoid of the grid) is chosen. Candidates that did not converge still vote but are
+chosen only when no candidate converged. The other criteria are kept for comparison:
 
 * ``"objective"``: lowest GW objective (SCOT-style; prone to mirror solutions);
 * ``"distortion"``: highest correlation between the source's Euclidean distances and the
@@ -32,7 +33,7 @@ import numpy as np
 
 from .costs import check_representation, pairwise_cost
 from .result import GWResult
-from .solvers import ConvergenceWarning, entropic_gw
+from .solvers import ConvergenceWarning, check_weights, entropic_gw
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,10 @@ def select_gw(
     criterion : {"consensus", "objective", "distortion"}
         How to choose; see the module docstring.
     cost, metric, mode, normalization : str
-        Cost construction (see ``knn_geodesic_cost``).
+        Cost construction (see ``knn_geodesic_cost``). With
+        ``cost="multiscale_geodesic"`` the ``n_neighbors`` are not a grid but the scales
+        averaged into one cost per side (``multiscale_geodesic_cost``), so only ε is
+        selected.
     projection_rep : (m, d) array, optional
         Target space in which consensus compares projections (``y`` by default).
     keep_candidates : bool
@@ -121,9 +125,18 @@ def select_gw(
         raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
     x = check_representation(x, "x")
     y = check_representation(y, "y")
+    # weights are checked against the cell counts before any cost is built
+    p = None if p is None else check_weights(p, x.shape[0], "p (source weights)")
+    q = None if q is None else check_weights(q, y.shape[0], "q (target weights)")
     if not epsilons:
         raise ValueError("epsilons must list at least one value")
-    ks = list(n_neighbors) if cost in ("knn_geodesic", "geodesic") else [None]
+    if cost in ("knn_geodesic", "geodesic"):
+        ks = [int(k) for k in n_neighbors]
+    elif cost == "multiscale_geodesic":
+        # one cost per side, averaged over every k: only epsilon is left to choose
+        ks = [[int(k) for k in n_neighbors]] if len(n_neighbors) else []
+    else:
+        ks = [None]
     if not ks:
         raise ValueError("n_neighbors must list at least one value")
     rep = y if projection_rep is None else np.asarray(projection_rep, dtype=np.float64)
@@ -189,12 +202,19 @@ def select_gw(
     for c, cons, dist in zip(ok, consensus, distortion, strict=True):
         c["consensus_disagreement"] = float(cons)
         c["distortion_correlation"] = None if np.isnan(dist) else float(dist)
+    # every candidate takes part in the consensus, but a coupling that did not converge
+    # is only chosen when none did
+    eligible = np.array([r.converged for r in results])
+    if not eligible.any():
+        eligible[:] = True
     if criterion == "consensus":
-        best = int(np.argmin(consensus))
+        score = np.where(eligible, consensus, np.inf)
+        best = int(np.argmin(score))
     elif criterion == "objective":
-        best = int(np.argmin([r.objective for r in results]))
+        best = int(np.argmin(np.where(eligible, [r.objective for r in results], np.inf)))
     else:
-        best = int(np.argmax(distortion))
+        best = int(np.argmax(np.where(eligible, np.nan_to_num(distortion, nan=-np.inf),
+                                      -np.inf)))
     chosen = results[best]
     chosen.selection = {
         "criterion": criterion,
@@ -214,6 +234,17 @@ def select_gw(
     if keep_candidates:
         chosen.selection["_results"] = results
     chosen.params["selected_by"] = criterion
+    if not chosen.converged:
+        warnings.warn(f"the selected coupling (k={ok[best]['n_neighbors']}, "
+                      f"epsilon={ok[best]['epsilon']:g}) did not converge: "
+                      + "; ".join(chosen.warnings[-1:]) + " (see result.warnings)",
+                      ConvergenceWarning, stacklevel=2)
+    n_failed = len(candidates) - len(ok)
+    if n_failed:
+        msg = (f"{n_failed} of {len(candidates)} candidate settings failed (epsilon too small "
+               "for the costs) and were skipped; see selection['candidates']")
+        chosen.warnings.append(msg)
+        logger.warning(msg)
     logger.info("selected k=%s epsilon=%g by %s", ok[best]["n_neighbors"], ok[best]["epsilon"],
                 criterion)
     return chosen

@@ -96,6 +96,23 @@ def rna_representation(adata_rna, *, use_rep: str | None = None, layer: str | No
     return _pca(x[:, np.sort(top)], n_pcs, seed)
 
 
+def _weights(adata, w, what: str):
+    """Cell weights from an array or an obs column, checked against the cell count."""
+    from ..align.solvers import check_weights
+
+    if w is None:
+        return None
+    if isinstance(w, str):
+        if w not in adata.obs:
+            raise KeyError(f"{what}: '{w}' is not a column of obs ({list(adata.obs.columns)})")
+        w = adata.obs[w].to_numpy()
+    w = np.asarray(w, dtype=np.float64).ravel()
+    if w.shape[0] != adata.n_obs:
+        raise ValueError(f"{what} has {w.shape[0]} entries but the AnnData has {adata.n_obs} "
+                         "cells; pass one weight per cell")
+    return check_weights(w, adata.n_obs, what)
+
+
 def gw_map(
     adata_img,
     adata_rna,
@@ -109,8 +126,11 @@ def gw_map(
     n_neighbors: int | Sequence[int] = (15, 30, 50),
     epsilon: float | Sequence[float] = (2e-3, 5e-3, 1e-2),
     criterion: str = "consensus",
+    cost: str = "multiscale_geodesic",
     metric: str = "correlation",
     mode: str = "connectivity",
+    weights_img=None,
+    weights_rna=None,
     n_landmarks: int = 2000,
     max_exact_cells: int = 12000,
     labels_key: str | None = None,
@@ -134,9 +154,17 @@ def gw_map(
         ``n_neighbors`` × ``epsilon`` grid), "landmark" the quantised solver (first grid
         values only); "auto" picks "landmark" above ``max_exact_cells`` cells per side.
     n_neighbors, epsilon : int / float or sequences
-        Candidate kNN sizes and entropic regularisations.
+        kNN sizes and candidate entropic regularisations. With the default
+        ``cost="multiscale_geodesic"`` the kNN sizes are averaged into one cost per side
+        (no k is chosen) and only ε is selected; with ``cost="knn_geodesic"`` every
+        (k, ε) pair is a candidate.
     criterion : {"consensus", "objective", "distortion"}
         Label-free selection criterion (see ``cellsae.align.selection``).
+    cost : {"multiscale_geodesic", "knn_geodesic", "euclidean", "cosine"}
+        Intra-domain cost (see ``cellsae.align.costs``).
+    weights_img, weights_rna : array of shape (n_cells,) or obs column name, optional
+        Cell weights (marginals) of each side; they must have one entry per cell and sum
+        to one (uniform when omitted). Checked before any work starts.
     labels_key : str, optional
         Column of ``adata_rna.obs`` to transfer onto image cells.
     key_added : str
@@ -167,6 +195,12 @@ def gw_map(
         raise ValueError(f"method must be 'auto', 'exact' or 'landmark', got {method!r}")
     ks = [n_neighbors] if np.isscalar(n_neighbors) else list(n_neighbors)
     epss = [epsilon] if np.isscalar(epsilon) else list(epsilon)
+    if not ks or not epss:
+        raise ValueError("n_neighbors and epsilon must each give at least one value")
+    if any(float(e) <= 0 for e in epss):
+        raise ValueError(f"epsilon values must be positive, got {epss}")
+    p = _weights(adata_img, weights_img, "weights_img (image cells)")
+    q = _weights(adata_rna, weights_rna, "weights_rna (RNA cells)")
     x = image_representation(adata_img, use_rep=use_rep_img, n_pcs=n_pcs, seed=seed)
     y = rna_representation(adata_rna, use_rep=use_rep_rna, layer=rna_layer,
                            n_top_genes=n_top_genes, n_pcs=n_pcs, seed=seed)
@@ -175,12 +209,19 @@ def gw_map(
     logger.info("GW-map: %d image cells × %d RNA cells, method=%s", n_img, n_rna, method)
     if method == "exact":
         result = select_gw(x, y, n_neighbors=ks, epsilons=epss, criterion=criterion,
-                           metric=metric, mode=mode, device=device, seed=seed)
+                           cost=cost, metric=metric, mode=mode, p=p, q=q, device=device,
+                           seed=seed)
     else:
+        if p is not None or q is not None:
+            raise ValueError("cell weights are not supported by the landmark solver; use "
+                             "method='exact' or uniform weights")
         result = landmark_gw(x, y, n_landmarks=n_landmarks, epsilon=float(epss[0]),
                              cost_kwargs={"n_neighbors": int(ks[0]), "metric": metric,
                                           "mode": mode},
                              device=device, seed=seed)
+    if not result.converged:
+        logger.warning("GW-map: the coupling did not converge (%s)",
+                       "; ".join(result.warnings) or "see result.history")
     result.params.update(use_rep_img=use_rep_img, use_rep_rna=use_rep_rna,
                          rna_layer=rna_layer, n_pcs=n_pcs, n_top_genes=n_top_genes,
                          method=method)

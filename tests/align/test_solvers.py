@@ -17,8 +17,12 @@ def _isometry_problem(rng, n=60, noise=0.0):
     # an asymmetric cloud: clusters of different sizes and spreads, so the isometry is unique
     centres = rng.normal(size=(4, 3)) * 3
     sizes = [25, 15, 12, n - 52]
-    x = np.concatenate([c + rng.normal(size=(s, 3)) * (0.3 + 0.2 * i)
-                        for i, (c, s) in enumerate(zip(centres, sizes, strict=True))])
+    x = np.concatenate(
+        [
+            c + rng.normal(size=(s, 3)) * (0.3 + 0.2 * i)
+            for i, (c, s) in enumerate(zip(centres, sizes, strict=True))
+        ]
+    )
     q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
     perm = rng.permutation(n)
     y = (x @ q)[perm] + noise * rng.normal(size=x.shape)
@@ -87,15 +91,69 @@ def test_fused_and_semirelaxed(rng):
     assert np.isfinite(unb.coupling).all() and unb.coupling.sum() > 0
 
 
-def test_low_rank_phase_then_exact_polish(rng):
+def test_low_rank_cross_term_within_its_certified_bound(rng):
     x, y, _ = _isometry_problem(rng, n=80, noise=0.05)
+    c1, _ = knn_geodesic_cost(x, n_neighbors=10)
+    c2, _ = knn_geodesic_cost(y, n_neighbors=10)
+    exact = entropic_gw(c1, c2, epsilon=5e-3, approx_rank=None, device="cpu", dtype="float64")
+    approx = entropic_gw(c1, c2, epsilon=5e-3, approx_rank=8, device="cpu", dtype="float64")
+    assert exact.params["objective_exact"] and exact.params["objective_error_bound"] == 0
+    assert not any(h["exact"] for h in approx.history)
+    assert not approx.params["objective_exact"]
+    bound = approx.params["objective_error_bound"]
+    true_obj = gw_objective(c1, c2, approx.coupling)
+    assert 0 < bound < 0.5 * true_obj
+    # the corrected low-rank objective is within its certified bound of the exact one
+    assert abs(approx.objective - true_obj) <= bound + 1e-12
+    assert approx.objective == pytest.approx(exact.objective, rel=0.02)
+    # exact polishing iterations and an exact objective on request
+    pol = entropic_gw(
+        c1,
+        c2,
+        epsilon=5e-3,
+        approx_rank=8,
+        polish_iter=2,
+        exact_objective=True,
+        device="cpu",
+        dtype="float64",
+    )
+    assert [h["exact"] for h in pol.history[-2:]] == [True, True]
+    assert pol.params["n_exact_iter"] == 2
+    assert pol.objective == pytest.approx(gw_objective(c1, c2, pol.coupling), rel=1e-9)
+
+
+def test_low_rank_residual_is_exact(rng):
+    import torch
+
+    from cellsae.align.solvers import _LowRank
+
+    c, _ = euclidean_cost(rng.normal(size=(120, 5)))
+    lr = _LowRank(torch.tensor(c), 6)
+    direct = np.linalg.norm(c - lr.q.numpy() @ lr.m.numpy() @ lr.q.numpy().T)
+    assert lr.resid == pytest.approx(direct, rel=1e-9)
+    assert lr.norm == pytest.approx(np.linalg.norm(c), rel=1e-12)
+
+
+def test_auto_rank_is_exact_below_threshold(rng):
+    x, y, _ = _isometry_problem(rng, n=60, noise=0.05)
     c1, _ = euclidean_cost(x)
     c2, _ = euclidean_cost(y)
-    exact = entropic_gw(c1, c2, epsilon=5e-3, device="cpu", dtype="float64")
-    approx = entropic_gw(c1, c2, epsilon=5e-3, approx_rank=8, device="cpu", dtype="float64")
-    assert any(not h["exact"] for h in approx.history)
-    assert approx.history[-1]["exact"]
-    assert approx.objective == pytest.approx(exact.objective, rel=0.02)
+    res = entropic_gw(c1, c2, epsilon=1e-2, device="cpu")
+    assert res.params["approx_rank"] is None and res.params["approx_rank_requested"] == "auto"
+
+
+def test_overrelaxation_reaches_the_same_fixed_point(rng):
+    x, y, _ = _isometry_problem(rng, n=80, noise=0.05)
+    c1, _ = knn_geodesic_cost(x, n_neighbors=10)
+    c2, _ = knn_geodesic_cost(y, n_neighbors=10)
+    kw = dict(
+        epsilon=5e-3, device="cpu", dtype="float64", tol=1e-6, inner_tol=1e-8, inner_max_iter=500
+    )
+    plain = entropic_gw(c1, c2, overrelaxation=1.0, **kw)
+    fast = entropic_gw(c1, c2, overrelaxation=1.8, **kw)
+    assert plain.converged and fast.converged
+    assert np.abs(plain.coupling - fast.coupling).sum() < 1e-3
+    assert fast.params["n_inner_iter"] < plain.params["n_inner_iter"]
 
 
 def test_bad_inputs(rng):
@@ -112,6 +170,26 @@ def test_bad_inputs(rng):
         entropic_gw(c[:5], c, device="cpu")
     with pytest.raises(ValueError, match="epsilon"):
         entropic_gw(c, c, epsilon=0, device="cpu")
+    with pytest.raises(ValueError, match="sum to 1"):
+        entropic_gw(c, c, q=np.full(10, 0.2), device="cpu")
+    with pytest.raises(ValueError, match="non-negative"):
+        entropic_gw(c, c, p=np.r_[-0.1, np.full(9, 1.1 / 9)], device="cpu")
+    nan = c.copy()
+    nan[3, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        entropic_gw(c, nan, device="cpu")
+    asym = c.copy()
+    asym[np.triu_indices(10, 1)] += 0.5
+    with pytest.raises(ValueError, match="not symmetric"):
+        entropic_gw(asym, c, device="cpu")
+    with pytest.raises(ValueError, match="overrelaxation"):
+        entropic_gw(c, c, overrelaxation=2.0, device="cpu")
+    with pytest.raises(ValueError, match="approx_rank"):
+        entropic_gw(c, c, approx_rank="big", device="cpu")
+    with pytest.raises(ValueError, match="feature_cost"):
+        entropic_gw(c, c, feature_cost=np.zeros((10, 9)), alpha=0.5, device="cpu")
+    with pytest.raises(ValueError, match="needs a feature_cost"):
+        entropic_gw(c, c, alpha=0.5, device="cpu")
 
 
 def test_tiny_epsilon_stays_finite_or_fails_clearly(rng):

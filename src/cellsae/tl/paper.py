@@ -177,7 +177,7 @@ def paper_trajectory(adata, *, use_rep: str = "X_sae", label_key: str = "genotyp
     from anndata import AnnData
     from scipy.stats import pearsonr, spearmanr
 
-    from .latents import _diffmap
+    from .latents import _diffmap, neighbors
 
     if transform not in ("log_std", "none"):
         raise ValueError(f"transform must be 'log_std' or 'none', got {transform!r}")
@@ -200,8 +200,8 @@ def paper_trajectory(adata, *, use_rep: str = "X_sae", label_key: str = "genotyp
 
         nc = int(min(n_pcs, x.shape[1], len(sel) - 1))
         pair.obsm["X_pca"] = PCA(nc, random_state=seed).fit_transform(x).astype(np.float32)
-        sc.pp.neighbors(pair, n_neighbors=min(n_neighbors, len(sel) - 1), use_rep="X_pca",
-                        random_state=seed)
+        neighbors(pair, n_neighbors=min(n_neighbors, len(sel) - 1), use_rep="X_pca",
+                  seed=seed)  # scanpy's graph; its own kNN fails above 8,192 cells
         _diffmap(pair, n_comps, seed=seed)
         is_ctrl = labels[sel] == control
         root = centroid_root(pair.obsm["X_diffmap"][:, 1:], is_ctrl)

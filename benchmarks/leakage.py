@@ -46,12 +46,24 @@ from _common import emit  # noqa: E402
 logger = logging.getLogger("leakage")
 
 TILE_SETTINGS = {  # the paper's tile defaults, relaxed where the sparse synthetic culture needs it
-    "skip_short_stacks": False, "max_background_fraction": 0.9, "min_nucleus_fraction": 0.01,
+    "skip_short_stacks": False,
+    "max_background_fraction": 0.9,
+    "min_nucleus_fraction": 0.01,
     "exclude_edge_tiles": False,
 }
-ENCODER = {"arch": "resnet", "stem_width": 8, "widths": [16, 16, 16, 16], "blocks": [1, 1, 1, 1],
-           "strides": [1, 2, 2, 1], "stem_stride": 2, "refine_blocks": 1, "norm": "none",
-           "preact": True, "weight_renorm": True, "input_norm": "instance"}
+ENCODER = {
+    "arch": "resnet",
+    "stem_width": 8,
+    "widths": [16, 16, 16, 16],
+    "blocks": [1, 1, 1, 1],
+    "strides": [1, 2, 2, 1],
+    "stem_stride": 2,
+    "refine_blocks": 1,
+    "norm": "none",
+    "preact": True,
+    "weight_renorm": True,
+    "input_norm": "instance",
+}
 
 
 def _cells(n: int, seed: int, design: str):
@@ -69,10 +81,16 @@ def _tiles(n: int, seed: int, design: str, workdir: Path, n_workers: int):
     from cellsae.datasets import write_world_plates
     from cellsae.images.tiles import ingest_tiles
 
-    plates = write_world_plates(workdir / "plates", n, seed=seed, max_cells=n, design=design,
-                                n_planes=1)
-    ingest_tiles(plates, workdir / "tiles.h5sc", platemap=plates / "platemap.csv",
-                 n_workers=n_workers, **TILE_SETTINGS)
+    plates = write_world_plates(
+        workdir / "plates", n, seed=seed, max_cells=n, design=design, n_planes=1
+    )
+    ingest_tiles(
+        plates,
+        workdir / "tiles.h5sc",
+        platemap=plates / "platemap.csv",
+        n_workers=n_workers,
+        **TILE_SETTINGS,
+    )
     adata = read_h5sc(workdir / "tiles.h5sc", load_crops=True)
     crops = np.asarray(adata.obsm["single_cell_images"], np.float32)
     obs = adata.obs.copy()
@@ -87,15 +105,33 @@ def _embed(crops, labels, split, *, train: bool, epochs: int, seed: int) -> np.n
     from cellsae.embed.extract import extract
 
     if train:
-        model = train_encoder(crops, labels, split=split, encoder=dict(ENCODER),
-                              config={"objective": "supcon", "epochs": epochs,
-                                      "batch_size": 64, "optimizer": "sgd", "lr": 0.05,
-                                      "momentum": 0.995, "temperature": 0.07,
-                                      "queue_size": 1024, "patience": None,
-                                      "augment": {"rot90": True, "flip": False,
-                                                  "affine_p": 0.0, "intensity_scale": 0.0,
-                                                  "blur_p": 0.0, "noise": 0.0}},
-                              device="cpu", seed=seed).model
+        model = train_encoder(
+            crops,
+            labels,
+            split=split,
+            encoder=dict(ENCODER),
+            config={
+                "objective": "supcon",
+                "epochs": epochs,
+                "batch_size": 64,
+                "optimizer": "sgd",
+                "lr": 0.05,
+                "momentum": 0.995,
+                "temperature": 0.07,
+                "queue_size": 1024,
+                "patience": None,
+                "augment": {
+                    "rot90": True,
+                    "flip": False,
+                    "affine_p": 0.0,
+                    "intensity_scale": 0.0,
+                    "blur_p": 0.0,
+                    "noise": 0.0,
+                },
+            },
+            device="cpu",
+            seed=seed,
+        ).model
     else:
         params = {k: v for k, v in ENCODER.items() if k != "arch"}
         # a frozen random network sees no labels; per-dataset input statistics (not the
@@ -111,8 +147,16 @@ def _embed(crops, labels, split, *, train: bool, epochs: int, seed: int) -> np.n
 def _sae(x: np.ndarray, seed: int, n_epochs: float) -> np.ndarray:
     import cellsae.sae as sae_mod
 
-    model = sae_mod.train(x, "batchtopk", 16 * x.shape[1], 8, n_epochs=n_epochs, seed=seed,
-                          device="cpu", batch_size=64)
+    model = sae_mod.train(
+        x,
+        "batchtopk",
+        16 * x.shape[1],
+        8,
+        n_epochs=n_epochs,
+        seed=seed,
+        device="cpu",
+        batch_size=64,
+    )
     codes = model.encode(x, progress=False)
     codes = codes.toarray() if hasattr(codes, "toarray") else np.asarray(codes)
     return codes.astype(np.float32)
@@ -131,8 +175,9 @@ def _r2(x, y, groups) -> float:
     ok = np.isfinite(y)
     g = None if groups is None else groups[ok]
     n_splits = 5 if g is None else min(5, len(np.unique(g)))
-    return float(phenotype_r2(x[ok], y[ok], groups=g, n_splits=n_splits, n_components=250,
-                              seed=42).r2)
+    return float(
+        phenotype_r2(x[ok], y[ok], groups=g, n_splits=n_splits, n_components=250, seed=42).r2
+    )
 
 
 def _geometry(x, y, labels, groups, control: str) -> dict:
@@ -167,10 +212,14 @@ def _study(mode: str, crops, obs, args) -> dict:
     donors = obs["donor"].astype(str).to_numpy()
     y = obs["phenotype"].to_numpy(float)
     near = split_groups(obs, "field" if "field" in obs.columns else "well")
-    figures: dict = {f"n_units_{mode}": len(obs),
-                     f"n_units_with_death_{mode}": int(np.isfinite(y).sum())}
-    splits = {"random": make_split(obs, "random", fractions=(0.5, 1 / 6, 1 / 3), seed=args.seed),
-              "donor": make_split(obs, "donor", fractions=(0.5, 1 / 6, 1 / 3), seed=args.seed)}
+    figures: dict = {
+        f"n_units_{mode}": len(obs),
+        f"n_units_with_death_{mode}": int(np.isfinite(y).sum()),
+    }
+    splits = {
+        "random": make_split(obs, "random", fractions=(0.5, 1 / 6, 1 / 3), seed=args.seed),
+        "donor": make_split(obs, "donor", fractions=(0.5, 1 / 6, 1 / 3), seed=args.seed),
+    }
     check_split(splits["donor"], donors, what="donor")  # never a donor on both sides
     reps: dict = {}
     if args.quick:  # one frozen random CNN serves both splits
@@ -186,14 +235,17 @@ def _study(mode: str, crops, obs, args) -> dict:
     for rep in ("cnn", "sae"):
         for s, split in splits.items():
             figures[f"probe_acc_{mode}_{rep}_{s}"] = _probe(reps[s][rep], labels, split)
-        figures[f"probe_inflation_{mode}_{rep}"] = (figures[f"probe_acc_{mode}_{rep}_random"]
-                                                    - figures[f"probe_acc_{mode}_{rep}_donor"])
+        figures[f"probe_inflation_{mode}_{rep}"] = (
+            figures[f"probe_acc_{mode}_{rep}_random"] - figures[f"probe_acc_{mode}_{rep}_donor"]
+        )
         x = reps["random"][rep]
         figures[f"death_r2_{mode}_{rep}_random"] = _r2(x, y, None)
         figures[f"death_r2_{mode}_{rep}_donor"] = _r2(x, y, donors)
         for k, v in _geometry(x, y, labels, near, args.control).items():
-            figures[f"{k.split('_kept')[0].split('_excluded')[0]}_{mode}_{rep}_"
-                    f"{'same_field_kept' if k.endswith('kept') else 'same_field_excluded'}"] = v
+            figures[
+                f"{k.split('_kept')[0].split('_excluded')[0]}_{mode}_{rep}_"
+                f"{'same_field_kept' if k.endswith('kept') else 'same_field_excluded'}"
+            ] = v
     return figures
 
 
@@ -213,8 +265,12 @@ def main(argv=None) -> int:
     n = args.n_cells or (240 if args.quick else 1200)
     args.sae_epochs = args.sae_epochs or (10 if args.quick else 60)
     t0 = time.perf_counter()
-    figures: dict = {"quick": bool(args.quick), "design": args.design, "n_cells": n,
-                     "cnn_trained": not args.quick}
+    figures: dict = {
+        "quick": bool(args.quick),
+        "design": args.design,
+        "n_cells": n,
+        "cnn_trained": not args.quick,
+    }
     crops, obs = _cells(n, args.seed, args.design)
     figures.update(_study("cell", crops, obs, args))
     figures["seconds_cell_mode"] = time.perf_counter() - t0
@@ -230,8 +286,9 @@ def main(argv=None) -> int:
     figures["probe_inflation"] = figures["probe_inflation_tile_cnn"]
     figures["death_r2_random_split"] = figures["death_r2_tile_cnn_random"]
     figures["death_r2_donor_split"] = figures["death_r2_tile_cnn_donor"]
-    figures["death_r2_inflation"] = figures["death_r2_random_split"] - figures[
-        "death_r2_donor_split"]
+    figures["death_r2_inflation"] = (
+        figures["death_r2_random_split"] - figures["death_r2_donor_split"]
+    )
     figures["seconds_total"] = time.perf_counter() - t0
     emit(figures, args.out)
     return 0

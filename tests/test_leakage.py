@@ -28,18 +28,33 @@ def _obs(rng, design: str = "balanced", n: int = 600) -> pd.DataFrame:
     donor_i = rng.integers(0, 3, n)
     donor = np.array([f"{genotypes[a]}-d{b}" for a, b in zip(g, donor_i, strict=True)])
     plate = (g % 2) if design == "confounded" else rng.integers(0, 4, n)
-    well = np.array([f"{'BCDEFGHIJKLM'[(3 * a + b) % 12]}{p + 2:02d}"
-                     for a, b, p in zip(g, donor_i, plate, strict=True)])
-    return pd.DataFrame({"genotype": genotypes[g], "donor": donor,
-                         "plate": [f"plate{p + 1}" for p in plate], "well": well,
-                         "field": rng.integers(1, 4, n)})
+    well = np.array(
+        [
+            f"{'BCDEFGHIJKLM'[(3 * a + b) % 12]}{p + 2:02d}"
+            for a, b, p in zip(g, donor_i, plate, strict=True)
+        ]
+    )
+    return pd.DataFrame(
+        {
+            "genotype": genotypes[g],
+            "donor": donor,
+            "plate": [f"plate{p + 1}" for p in plate],
+            "well": well,
+            "field": rng.integers(1, 4, n),
+        }
+    )
 
 
 @pytest.mark.parametrize("mode", ["field", "well", "plate", "donor"])
 def test_grouped_splits_never_share_a_group(rng, mode):
     obs = _obs(rng)
-    split = make_split(obs, mode, label_key=None if mode == "plate" else "genotype",
-                       fractions=(0.5, 1 / 6, 1 / 3), seed=1)
+    split = make_split(
+        obs,
+        mode,
+        label_key=None if mode == "plate" else "genotype",
+        fractions=(0.5, 1 / 6, 1 / 3),
+        seed=1,
+    )
     groups = split_groups(obs, mode)
     check_split(split, groups, what=mode)  # raises if a group is on two sides
     parts = {p: set(groups[split == p]) for p in ("train", "val", "test")}
@@ -150,8 +165,9 @@ def test_pseudotime_bins_equal_width_between_p5_and_p95():
     assert set(bins[bins >= 0]) == {0, 1, 2}
     inner = pt[bins >= 0]
     edges = np.linspace(0.05, 0.95, 4)
-    np.testing.assert_array_equal(bins[bins >= 0],
-                                  np.clip(np.searchsorted(edges, inner, "right") - 1, 0, 2))
+    np.testing.assert_array_equal(
+        bins[bins >= 0], np.clip(np.searchsorted(edges, inner, "right") - 1, 0, 2)
+    )
     assert (pseudotime_bins(np.array([np.nan, 1.0])) == -1).all()
 
 
@@ -164,8 +180,7 @@ def test_centroid_root_is_the_control_unit_nearest_the_control_centroid():
 
 
 def test_volcano_calls_use_the_papers_fold_change():
-    lfc, called = volcano_calls([3.0, 1.0, 0.0, 1.4], [1.0, 1.0, 0.0, 1.0],
-                                [0.01, 0.01, 0.01, 0.2])
+    lfc, called = volcano_calls([3.0, 1.0, 0.0, 1.4], [1.0, 1.0, 0.0, 1.0], [0.01, 0.01, 0.01, 0.2])
     assert lfc[0] == pytest.approx(np.log2(3)) and lfc[2] == 0.0
     assert called.tolist() == [True, False, False, False]
     _, by_fc = volcano_calls([1.6], [1.0], [0.9], alpha=None)  # fold change alone

@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_paper_preset_fills_every_stage_with_the_papers_settings(tmp_path):
-    cfg = load_pipeline_config({"preset": "paper", "run": {"out": str(tmp_path / "r")},
-                                "world": {"enabled": True}})
+    cfg = load_pipeline_config(
+        {"preset": "paper", "run": {"out": str(tmp_path / "r")}, "world": {"enabled": True}}
+    )
     assert cfg.preset == "paper"
     # ingestion: the paper's tiles
     assert cfg.ingest.unit == "tile" and cfg.ingest.use_for_analysis
@@ -65,10 +66,15 @@ def test_paper_sae_preset_matches_reference():
 
 
 def test_user_values_win_over_the_preset(tmp_path):
-    cfg = load_pipeline_config({
-        "preset": "paper", "run": {"out": str(tmp_path / "r")}, "world": {"enabled": True},
-        "ingest": {"settings": {"tile_size": 64}},
-        "embed": {"split_mode": "donor", "train": {"epochs": 2}}})
+    cfg = load_pipeline_config(
+        {
+            "preset": "paper",
+            "run": {"out": str(tmp_path / "r")},
+            "world": {"enabled": True},
+            "ingest": {"settings": {"tile_size": 64}},
+            "embed": {"split_mode": "donor", "train": {"epochs": 2}},
+        }
+    )
     assert cfg.ingest.settings["tile_size"] == 64
     assert cfg.ingest.settings["pattern"] == "paper"  # merged key by key
     assert cfg.embed.split_mode == "donor"
@@ -99,17 +105,20 @@ def test_paper_mode_runs_end_to_end(tmp_path):
     analysis → report with the design warning (the world is confounded)."""
     import json
 
+    from cellsae.config import load_yaml
     from cellsae.pipeline import Pipeline
     from cellsae.presets import deep_merge as merge
-    from cellsae.config import load_yaml
 
-    data = merge(load_yaml(ROOT / "examples" / "paper.yaml"), {
-        "run": {"out": str(tmp_path / "run")},
-        "world": {"n_cells": 240, "plate_cells": 240},
-        "ingest": {"settings": {"n_workers": 0}},
-        "embed": {"train": {"epochs": 1}},
-        "sae": {"d_sae": 64, "n_epochs": 5},
-    })
+    data = merge(
+        load_yaml(ROOT / "examples" / "paper.yaml"),
+        {
+            "run": {"out": str(tmp_path / "run")},
+            "world": {"n_cells": 240, "plate_cells": 240},
+            "ingest": {"settings": {"n_workers": 0}},
+            "embed": {"train": {"epochs": 1}},
+            "sae": {"d_sae": 64, "n_epochs": 5},
+        },
+    )
     cfg = load_pipeline_config(data)
     status = Pipeline(cfg).run()
     assert status["analyze"] == "ran" and status["report"] == "ran"

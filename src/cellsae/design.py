@@ -50,30 +50,50 @@ class DesignCheck:
             return ""
         parts = []
         if self.single_donor_levels:
-            parts.append(f"level(s) {', '.join(self.single_donor_levels)} of '{self.factor}' "
-                         "each come from a single donor, so they are confounded with donor")
+            parts.append(
+                f"level(s) {', '.join(self.single_donor_levels)} of '{self.factor}' "
+                "each come from a single donor, so they are confounded with donor"
+            )
         if self.disjoint_plate_pairs:
             pairs = "; ".join(f"{a} vs {b}" for a, b in self.disjoint_plate_pairs)
-            parts.append(f"these '{self.factor}' contrasts share no plate, so they are "
-                         f"confounded with plate/batch: {pairs}")
+            parts.append(
+                f"these '{self.factor}' contrasts share no plate, so they are "
+                f"confounded with plate/batch: {pairs}"
+            )
         if self.isolated_plate_levels:
-            parts.append(f"level(s) {', '.join(self.isolated_plate_levels)} are on plates no "
-                         "other level uses")
-        return ("the studied factor is confounded with batch: " + "; ".join(parts) +
-                ". Differences between these levels cannot be separated from donor or plate "
-                "effects; hold out whole donors/plates and read effects with caution.")
+            parts.append(
+                f"level(s) {', '.join(self.isolated_plate_levels)} are on plates no "
+                "other level uses"
+            )
+        return (
+            "the studied factor is confounded with batch: "
+            + "; ".join(parts)
+            + ". Differences between these levels cannot be separated from donor or plate "
+            "effects; hold out whole donors/plates and read effects with caution."
+        )
 
     def to_dict(self) -> dict:
-        return {"factor": self.factor, "levels": self.levels, "confounded": self.confounded,
-                "single_donor_levels": self.single_donor_levels,
-                "disjoint_plate_pairs": [list(p) for p in self.disjoint_plate_pairs],
-                "isolated_plate_levels": self.isolated_plate_levels,
-                "donors_per_level": self.donors_per_level,
-                "plates_per_level": self.plates_per_level, "message": self.message}
+        return {
+            "factor": self.factor,
+            "levels": self.levels,
+            "confounded": self.confounded,
+            "single_donor_levels": self.single_donor_levels,
+            "disjoint_plate_pairs": [list(p) for p in self.disjoint_plate_pairs],
+            "isolated_plate_levels": self.isolated_plate_levels,
+            "donors_per_level": self.donors_per_level,
+            "plates_per_level": self.plates_per_level,
+            "message": self.message,
+        }
 
 
-def check_design(obs: pd.DataFrame, factor: str = "genotype", *, donor_key: str | None = "donor",
-                 plate_key: str | None = "plate", warn: bool = True) -> DesignCheck:
+def check_design(
+    obs: pd.DataFrame,
+    factor: str = "genotype",
+    *,
+    donor_key: str | None = "donor",
+    plate_key: str | None = "plate",
+    warn: bool = True,
+) -> DesignCheck:
     """Check whether the levels of ``factor`` are confounded with donor or plate.
 
     Parameters
@@ -98,22 +118,40 @@ def check_design(obs: pd.DataFrame, factor: str = "genotype", *, donor_key: str 
     pairs: list[tuple[str, str]] = []
     isolated: list[str] = []
     if donor_key is not None and donor_key in obs.columns:
-        sets = obs.assign(_y=y).groupby("_y", observed=True)[donor_key].agg(
-            lambda s: sorted(set(s.astype(str))))
+        sets = (
+            obs.assign(_y=y)
+            .groupby("_y", observed=True)[donor_key]
+            .agg(lambda s: sorted(set(s.astype(str))))
+        )
         donors = {str(k): list(v) for k, v in sets.items()}
         single = [lv for lv in levels if len(donors.get(lv, [])) == 1]
     if plate_key is not None and plate_key in obs.columns:
-        sets = obs.assign(_y=y).groupby("_y", observed=True)[plate_key].agg(
-            lambda s: sorted(set(s.astype(str))))
+        sets = (
+            obs.assign(_y=y)
+            .groupby("_y", observed=True)[plate_key]
+            .agg(lambda s: sorted(set(s.astype(str))))
+        )
         plates = {str(k): list(v) for k, v in sets.items()}
-        pairs = [(a, b) for a, b in itertools.combinations(levels, 2)
-                 if not set(plates[a]) & set(plates[b])]
+        pairs = [
+            (a, b)
+            for a, b in itertools.combinations(levels, 2)
+            if not set(plates[a]) & set(plates[b])
+        ]
         if len(levels) > 1:
-            isolated = [lv for lv in levels
-                        if all(not set(plates[lv]) & set(plates[o]) for o in levels if o != lv)]
-    result = DesignCheck(factor=factor, levels=levels, single_donor_levels=single,
-                         disjoint_plate_pairs=pairs, isolated_plate_levels=isolated,
-                         donors_per_level=donors, plates_per_level=plates)
+            isolated = [
+                lv
+                for lv in levels
+                if all(not set(plates[lv]) & set(plates[o]) for o in levels if o != lv)
+            ]
+    result = DesignCheck(
+        factor=factor,
+        levels=levels,
+        single_donor_levels=single,
+        disjoint_plate_pairs=pairs,
+        isolated_plate_levels=isolated,
+        donors_per_level=donors,
+        plates_per_level=plates,
+    )
     if warn and result.confounded:
         logger.warning("design check: %s", result.message)
     return result

@@ -31,36 +31,68 @@ __all__ = ["PRESETS", "apply_preset", "deep_merge", "preset_names"]
 # The paper's encoder (REFERENCE_CODE.md §3), as keyword arguments of ResNetEncoder; the
 # same as cellsae.embed.resnet_paper().config().
 PAPER_ENCODER: dict[str, Any] = {
-    "arch": "resnet", "widths": [128, 256, 512, 512], "blocks": [2, 2, 2, 3],
-    "strides": [1, 1, 1, 1], "stem_width": 64, "stem_stride": 2, "refine_blocks": 1,
-    "norm": "none", "preact": True, "weight_renorm": True, "input_norm": "instance",
+    "arch": "resnet",
+    "widths": [128, 256, 512, 512],
+    "blocks": [2, 2, 2, 3],
+    "strides": [1, 1, 1, 1],
+    "stem_width": 64,
+    "stem_stride": 2,
+    "refine_blocks": 1,
+    "norm": "none",
+    "preact": True,
+    "weight_renorm": True,
+    "input_norm": "instance",
 }
 
 PAPER_TRAIN: dict[str, Any] = {
-    "objective": "supcon", "epochs": 100, "batch_size": 512, "optimizer": "sgd", "lr": 0.1,
-    "weight_decay": 1e-4, "warmup_epochs": 4, "grad_clip": 1.0, "momentum": 0.995,
-    "queue_size": 65536, "temperature": 0.07, "proj_hidden": 2048, "proj_dim": 512,
-    "l2_pool": True, "patience": None,
-    "augment": {"rot90": True, "flip": False, "affine_p": 0.0, "intensity_scale": 0.0,
-                "blur_p": 0.0, "noise": 0.0},
+    "objective": "supcon",
+    "epochs": 100,
+    "batch_size": 512,
+    "optimizer": "sgd",
+    "lr": 0.1,
+    "weight_decay": 1e-4,
+    "warmup_epochs": 4,
+    "grad_clip": 1.0,
+    "momentum": 0.995,
+    "queue_size": 65536,
+    "temperature": 0.07,
+    "proj_hidden": 2048,
+    "proj_dim": 512,
+    "l2_pool": True,
+    "patience": None,
+    "augment": {
+        "rot90": True,
+        "flip": False,
+        "affine_p": 0.0,
+        "intensity_scale": 0.0,
+        "blur_p": 0.0,
+        "noise": 0.0,
+    },
 }
 
 # TileConfig defaults are the paper's; named here so the run's config records them.
 PAPER_TILES: dict[str, Any] = {
-    "pattern": "paper", "channels": "3=mito,4=lyso,1=nucleus,2=death",
-    "crop_channels": ["mito", "lyso", "nucleus"], "tile_size": 128, "n_planes": 5,
-    "min_nucleus_fraction": 0.25, "exclude_edge_tiles": True,
+    "pattern": "paper",
+    "channels": "3=mito,4=lyso,1=nucleus,2=death",
+    "crop_channels": ["mito", "lyso", "nucleus"],
+    "tile_size": 128,
+    "n_planes": 5,
+    "min_nucleus_fraction": 0.25,
+    "exclude_edge_tiles": True,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "inputs": {"phenotype_key": "death_rate", "label_key": "genotype"},
         "ingest": {"unit": "tile", "use_for_analysis": True, "settings": PAPER_TILES},
-        "embed": {"encoder": PAPER_ENCODER, "train": PAPER_TRAIN, "split_mode": "random",
-                  "split_fractions": [0.5, 1 / 6, 1 / 3]},
+        "embed": {
+            "encoder": PAPER_ENCODER,
+            "train": PAPER_TRAIN,
+            "split_mode": "random",
+            "split_fractions": [0.5, 1 / 6, 1 / 3],
+        },
         "sae": {"preset": "paper", "arch": "gated", "d_sae": 8192, "k": None, "n_epochs": 8},
-        "analyze": {"preset": "paper", "n_neighbors": 5, "leiden_resolution": 0.45,
-                    "knn_k": 5},
+        "analyze": {"preset": "paper", "n_neighbors": 5, "leiden_resolution": 0.45, "knn_k": 5},
     },
 }
 

@@ -30,7 +30,7 @@ def test_grid_is_regular_non_overlapping_and_drops_incomplete_edges():
     tiles = cut_tiles(image, 128)
     assert tiles.shape == (8, 2, 128, 128)
     for (y, x), tile in zip(grid, tiles, strict=True):
-        np.testing.assert_array_equal(tile, image[:, y:y + 128, x:x + 128])
+        np.testing.assert_array_equal(tile, image[:, y : y + 128, x : x + 128])
     assert cut_tiles(image[0], 128).shape == (8, 128, 128)
     with pytest.raises(ValueError, match="holds no"):
         cut_tiles(np.zeros((1, 100, 100)), 128)
@@ -77,9 +77,9 @@ def test_tile_qc_each_test_rejects_its_own_failure(rng):
 
 def test_nuclear_mask_drops_border_and_small_nuclei():
     labels = np.zeros((20, 20), np.int32)
-    labels[0:5, 0:5] = 1      # touches the border
-    labels[8:16, 8:16] = 2    # 64 px, kept
-    labels[3:8, 12:14] = 3    # 10 px ≤ 40, dropped
+    labels[0:5, 0:5] = 1  # touches the border
+    labels[8:16, 8:16] = 2  # 64 px, kept
+    labels[3:8, 12:14] = 3  # 10 px ≤ 40, dropped
     mask = nuclear_mask(labels, min_area=40)
     assert mask.sum() == 64 and mask[8:16, 8:16].all()
     assert not nuclear_mask(np.zeros((5, 5), int)).any()
@@ -140,7 +140,7 @@ def _write_field(folder, row, col, rng, *, planes=5, size=256, bright=True):
     nuclei = np.zeros((size, size))
     for cy in range(32, size, 64):
         for cx in range(32, size, 64):
-            nuclei += ((yy - cy) ** 2 + (xx - cx) ** 2 < 22**2)
+            nuclei += (yy - cy) ** 2 + (xx - cx) ** 2 < 22**2
     for plane in range(1, planes + 1):
         for ch in (1, 2, 3, 4):
             if ch == 1:
@@ -160,12 +160,25 @@ def test_ingest_tiles_writes_tiles_with_rates(tmp_path, rng):
     plate = tmp_path / "plates" / "plate1"
     _write_field(plate, 2, 2, rng)
     _write_field(plate, 2, 3, rng)
-    platemap = pd.DataFrame({"plate": ["plate1", "plate1"], "well": ["B02", "B03"],
-                             "donor": ["d1", "d2"], "genotype": ["healthy", "SNCA"]})
+    platemap = pd.DataFrame(
+        {
+            "plate": ["plate1", "plate1"],
+            "well": ["B02", "B03"],
+            "donor": ["d1", "d2"],
+            "genotype": ["healthy", "SNCA"],
+        }
+    )
     out = tmp_path / "tiles.h5sc"
-    result = ingest_tiles(tmp_path / "plates", out, platemap=platemap, tile_size=64,
-                          exclude_edge_tiles=False, min_nucleus_fraction=0.05,
-                          max_background_fraction=1.0, rolling_ball_radius=10)
+    result = ingest_tiles(
+        tmp_path / "plates",
+        out,
+        platemap=platemap,
+        tile_size=64,
+        exclude_edge_tiles=False,
+        min_nucleus_fraction=0.05,
+        max_background_fraction=1.0,
+        rolling_ball_radius=10,
+    )
     assert result.n_fields == 2 and result.n_tiles == 2 * 16
     cells = read_h5sc(out, load_crops=True)
     assert (cells.obs["unit"] == "tile").all()
@@ -185,6 +198,11 @@ def test_ingest_tiles_writes_tiles_with_rates(tmp_path, rng):
 def test_ingest_tiles_says_why_when_no_tile_has_a_death_rate(tmp_path, rng):
     _write_field(tmp_path / "plates" / "plate1", 2, 2, rng)
     with pytest.raises(ValueError, match="min_nucleus_fraction"):
-        ingest_tiles(tmp_path / "plates", tmp_path / "t.h5sc", tile_size=64,
-                     max_background_fraction=1.0, min_nucleus_fraction=0.99)
+        ingest_tiles(
+            tmp_path / "plates",
+            tmp_path / "t.h5sc",
+            tile_size=64,
+            max_background_fraction=1.0,
+            min_nucleus_fraction=0.99,
+        )
     assert not (tmp_path / "t.h5sc").exists()

@@ -24,10 +24,17 @@ def units(rng):
     sae = np.clip(np.c_[t, 1 - t, rng.normal(size=(len(t), 6)) * 0.2], 0, None)
     sae[:, 7] = 0.0  # a dead latent
     sae[genotype == "GBA", 6] += 2.0  # a GBA-high latent
-    obs = pd.DataFrame({"genotype": genotype, "death_rate": death, "t": t,
-                        "plate": "p1", "well": np.repeat(["B02", "B03", "B04"], n_per),
-                        "field": np.tile(np.repeat(np.arange(8), 10), 3)},
-                       index=[f"u{i}" for i in range(len(t))])
+    obs = pd.DataFrame(
+        {
+            "genotype": genotype,
+            "death_rate": death,
+            "t": t,
+            "plate": "p1",
+            "well": np.repeat(["B02", "B03", "B04"], n_per),
+            "field": np.tile(np.repeat(np.arange(8), 10), 3),
+        },
+        index=[f"u{i}" for i in range(len(t))],
+    )
     a = ad.AnnData(X=np.zeros((len(t), 1), np.float32), obs=obs)
     a.obsm["X_cnn"] = cnn.astype(np.float32)
     a.obsm["X_sae"] = sae.astype(np.float32)
@@ -48,15 +55,15 @@ def test_geometry_finds_the_planted_gradient(units):
 
 def test_geometry_excluding_same_field_neighbours_and_grouped_r2(units):
     kept = paper_geometry(units, ks=(5,), control="healthy")
-    excl = paper_geometry(units, ks=(5,), control="healthy", exclude_same="field",
-                          r2_groups="field")
+    excl = paper_geometry(
+        units, ks=(5,), control="healthy", exclude_same="field", r2_groups="field"
+    )
     assert len(excl) == len(kept)
     assert np.isfinite(excl["value"]).all()
 
 
 def test_trajectory_rooted_at_control_tracks_death(units):
-    table = paper_trajectory(units, use_rep="X_sae", control="healthy", n_pcs=5,
-                             n_neighbors=10)
+    table = paper_trajectory(units, use_rep="X_sae", control="healthy", n_pcs=5, n_neighbors=10)
     assert set(table["mutant"]) == {"SNCA", "GBA"}
     root_names = table["root"].tolist()
     assert all(units.obs.loc[r, "genotype"] == "healthy" for r in root_names)
@@ -74,8 +81,13 @@ def test_volcano_calls_the_planted_latent(units):
 def test_paper_analysis_summary(units):
     out = paper_analysis(units, control="healthy", n_pcs=5, n_neighbors=10)
     s = out["summary"]
-    for key in ("knn_sd_ratio_k5_cnn", "morans_i_sae", "death_r2_cnn", "dpt_spearman_sae",
-                "de_features_sae"):
+    for key in (
+        "knn_sd_ratio_k5_cnn",
+        "morans_i_sae",
+        "death_r2_cnn",
+        "dpt_spearman_sae",
+        "de_features_sae",
+    ):
         assert key in s
     assert "paper" in units.uns
 

@@ -146,8 +146,10 @@ def max_projection(stack: np.ndarray, n_planes: int = 5, *, strict: bool = True)
     if stack.ndim != 4:
         raise ValueError(f"stack must be (C, Z, H, W), got shape {stack.shape}")
     if stack.shape[1] < n_planes and strict:
-        raise ValueError(f"the stack has {stack.shape[1]} z-planes but the projection needs "
-                         f"{n_planes}; set skip_short_stacks: false to project fewer planes")
+        raise ValueError(
+            f"the stack has {stack.shape[1]} z-planes but the projection needs "
+            f"{n_planes}; set skip_short_stacks: false to project fewer planes"
+        )
     return stack[:, :n_planes].max(axis=1)
 
 
@@ -190,7 +192,7 @@ def cut_tiles(image: np.ndarray, tile_size: int = 128) -> np.ndarray:
     ny, nx = h // tile_size, w // tile_size
     if ny == 0 or nx == 0:
         raise ValueError(f"an image of {h}×{w} px holds no {tile_size}×{tile_size} tile")
-    cropped = image[:, :ny * tile_size, :nx * tile_size]
+    cropped = image[:, : ny * tile_size, : nx * tile_size]
     tiles = cropped.reshape(c, ny, tile_size, nx, tile_size).transpose(1, 3, 0, 2, 4)
     tiles = tiles.reshape(ny * nx, c, tile_size, tile_size)
     return tiles[:, 0] if squeeze else tiles
@@ -221,10 +223,17 @@ def _laplacian_var(img: np.ndarray) -> np.ndarray:
     return lap.reshape(len(img), -1).var(axis=1)
 
 
-def tile_qc(tiles: np.ndarray, *, min_std_sum: float = 3500.0, min_signal_sum: float = 8000.0,
-            top_fraction: float = 0.15, min_laplacian_var: float = 50_000.0,
-            max_background_fraction: float = 0.65, fiji_min_std: float = 655.0,
-            background_level: float = 4000.0) -> pd.DataFrame:
+def tile_qc(
+    tiles: np.ndarray,
+    *,
+    min_std_sum: float = 3500.0,
+    min_signal_sum: float = 8000.0,
+    top_fraction: float = 0.15,
+    min_laplacian_var: float = 50_000.0,
+    max_background_fraction: float = 0.65,
+    fiji_min_std: float = 655.0,
+    background_level: float = 4000.0,
+) -> pd.DataFrame:
     """The paper's four-test tile QC (``04_patch_QC.py``), vectorised over tiles.
 
     Parameters
@@ -257,13 +266,27 @@ def tile_qc(tiles: np.ndarray, *, min_std_sum: float = 3500.0, min_signal_sum: f
     scaled = np.clip((flat - p10[..., None]) / span[..., None] * _UINT16_MAX, 0, _UINT16_MAX)
     scaled = np.where((sd >= fiji_min_std)[..., None], scaled, flat)
     background = (scaled.max(axis=1) <= background_level).mean(axis=1)
-    fails = np.stack([std_sum < min_std_sum, signal_sum < min_signal_sum,
-                      lap_var < min_laplacian_var, background > max_background_fraction], axis=1)
+    fails = np.stack(
+        [
+            std_sum < min_std_sum,
+            signal_sum < min_signal_sum,
+            lap_var < min_laplacian_var,
+            background > max_background_fraction,
+        ],
+        axis=1,
+    )
     first = np.where(fails.any(axis=1), fails.argmax(axis=1), -1)
     reason = np.array([""] + list(QC_TESTS), dtype=object)[first + 1]
-    return pd.DataFrame({"std_sum": std_sum, "signal_sum": signal_sum, "laplacian_var": lap_var,
-                         "background_fraction": background, "qc_pass": first < 0,
-                         "qc_reason": reason.astype(str)})
+    return pd.DataFrame(
+        {
+            "std_sum": std_sum,
+            "signal_sum": signal_sum,
+            "laplacian_var": lap_var,
+            "background_fraction": background,
+            "qc_pass": first < 0,
+            "qc_reason": reason.astype(str),
+        }
+    )
 
 
 # -- death rate ---------------------------------------------------------------------------
@@ -295,8 +318,9 @@ def nuclear_mask(labels: np.ndarray, *, min_area: int = 40) -> np.ndarray:
     return keep[labels]
 
 
-def preprocess_death(tiles: np.ndarray, *, blur_sigma: float = 1.0,
-                     rolling_ball_radius: float = 25.0) -> np.ndarray:
+def preprocess_death(
+    tiles: np.ndarray, *, blur_sigma: float = 1.0, rolling_ball_radius: float = 25.0
+) -> np.ndarray:
     """Blur (Gaussian σ) and subtract a rolling-ball background per tile, clamped at 0.
 
     Parameters
@@ -321,8 +345,9 @@ def preprocess_death(tiles: np.ndarray, *, blur_sigma: float = 1.0,
     return out
 
 
-def pooled_death_threshold(nuclear_pixels: np.ndarray | Sequence[np.ndarray], *,
-                           classes: int = 3) -> float:
+def pooled_death_threshold(
+    nuclear_pixels: np.ndarray | Sequence[np.ndarray], *, classes: int = 3
+) -> float:
     """One multi-Otsu threshold over the nuclear death-channel pixels of all tiles pooled.
 
     Parameters
@@ -344,15 +369,22 @@ def pooled_death_threshold(nuclear_pixels: np.ndarray | Sequence[np.ndarray], *,
         pixels = np.asarray(nuclear_pixels, np.float64).ravel()
     pixels = pixels[np.isfinite(pixels)]
     if len(np.unique(pixels)) < classes:
-        raise ValueError(f"the pooled nuclear pixels hold {len(np.unique(pixels))} distinct "
-                         f"values; a {classes}-class multi-Otsu needs at least {classes}. "
-                         "Are there tiles with nuclei? (set death_threshold to fix one)")
+        raise ValueError(
+            f"the pooled nuclear pixels hold {len(np.unique(pixels))} distinct "
+            f"values; a {classes}-class multi-Otsu needs at least {classes}. "
+            "Are there tiles with nuclei? (set death_threshold to fix one)"
+        )
     return float(threshold_multiotsu(pixels, classes=classes)[-1])
 
 
-def tile_death_rates(death: np.ndarray, mask: np.ndarray, threshold: float, *,
-                     min_nucleus_fraction: float = 0.25,
-                     eligible: np.ndarray | None = None) -> pd.DataFrame:
+def tile_death_rates(
+    death: np.ndarray,
+    mask: np.ndarray,
+    threshold: float,
+    *,
+    min_nucleus_fraction: float = 0.25,
+    eligible: np.ndarray | None = None,
+) -> pd.DataFrame:
     """Per-tile death rates from preprocessed death tiles and nuclear masks.
 
     Parameters
@@ -372,8 +404,9 @@ def tile_death_rates(death: np.ndarray, mask: np.ndarray, threshold: float, *,
     d = np.asarray(death, dtype=np.float64)
     m = np.asarray(mask, dtype=bool)
     if d.shape != m.shape or d.ndim != 3:
-        raise ValueError(f"death and mask must both be (n_tiles, S, S), got {d.shape} and "
-                         f"{m.shape}")
+        raise ValueError(
+            f"death and mask must both be (n_tiles, S, S), got {d.shape} and {m.shape}"
+        )
     n = len(d)
     n_px = m.reshape(n, -1).sum(axis=1)
     fraction = n_px / float(d.shape[1] * d.shape[2])
@@ -386,12 +419,19 @@ def tile_death_rates(death: np.ndarray, mask: np.ndarray, threshold: float, *,
         ok &= np.asarray(eligible, bool)
     with np.errstate(divide="ignore", invalid="ignore"):
         pixel_rate = np.where(ok, n_above / np.maximum(n_px, 1), np.nan)
-        intensity_rate = np.where(ok & (total > 0), total_above / np.where(total > 0, total, 1),
-                                  np.nan)
+        intensity_rate = np.where(
+            ok & (total > 0), total_above / np.where(total > 0, total, 1), np.nan
+        )
         per_px = np.where(ok, total / np.maximum(n_px, 1), np.nan)
-    return pd.DataFrame({"nuclear_fraction": fraction, "n_nuclear_px": n_px.astype(np.int64),
-                         "death_pixel_rate": pixel_rate, "death_intensity_rate": intensity_rate,
-                         "intensity_per_pixel": per_px})
+    return pd.DataFrame(
+        {
+            "nuclear_fraction": fraction,
+            "n_nuclear_px": n_px.astype(np.int64),
+            "death_pixel_rate": pixel_rate,
+            "death_intensity_rate": intensity_rate,
+            "intensity_per_pixel": per_px,
+        }
+    )
 
 
 # -- one field ----------------------------------------------------------------------------
@@ -409,24 +449,42 @@ def process_tile_field(stack: np.ndarray, names: Sequence[str], cfg: TileConfig)
     names = list(names)
     missing = [c for c in (*cfg.crop_channels, cfg.nucleus_channel) if c not in names]
     if missing:
-        raise ValueError(f"channel(s) {missing} are not in the channel map {names}; fix "
-                         "'channels' or 'crop_channels'")
+        raise ValueError(
+            f"channel(s) {missing} are not in the channel map {names}; fix "
+            "'channels' or 'crop_channels'"
+        )
     mip = max_projection(stack, cfg.n_planes, strict=cfg.skip_short_stacks).astype(np.float32)
     s = cfg.tile_size
     grid = tile_grid(mip.shape, s)
     crop_idx = [names.index(c) for c in cfg.crop_channels]
     tiles = cut_tiles(mip[crop_idx], s)
-    qc = tile_qc(tiles, min_std_sum=cfg.min_std_sum, min_signal_sum=cfg.min_signal_sum,
-                 top_fraction=cfg.top_fraction, min_laplacian_var=cfg.min_laplacian_var,
-                 max_background_fraction=cfg.max_background_fraction,
-                 fiji_min_std=cfg.fiji_min_std, background_level=cfg.background_level)
-    table = qc.assign(y=grid[:, 0], x=grid[:, 1], tile_row=grid[:, 0] // s,
-                      tile_col=grid[:, 1] // s, edge=edge_tiles(mip.shape, s))
-    out = {"tiles": (tiles[qc["qc_pass"].to_numpy()] / _UINT16_MAX).astype(np.float16),
-           "table": table}
+    qc = tile_qc(
+        tiles,
+        min_std_sum=cfg.min_std_sum,
+        min_signal_sum=cfg.min_signal_sum,
+        top_fraction=cfg.top_fraction,
+        min_laplacian_var=cfg.min_laplacian_var,
+        max_background_fraction=cfg.max_background_fraction,
+        fiji_min_std=cfg.fiji_min_std,
+        background_level=cfg.background_level,
+    )
+    table = qc.assign(
+        y=grid[:, 0],
+        x=grid[:, 1],
+        tile_row=grid[:, 0] // s,
+        tile_col=grid[:, 1] // s,
+        edge=edge_tiles(mip.shape, s),
+    )
+    out = {
+        "tiles": (tiles[qc["qc_pass"].to_numpy()] / _UINT16_MAX).astype(np.float16),
+        "table": table,
+    }
     if cfg.death_channel is not None and cfg.death_channel in names:
-        labels = segment_nuclei(mip[names.index(cfg.nucleus_channel)],
-                                backend=cfg.segmentation_backend, **cfg.segmentation_params)
+        labels = segment_nuclei(
+            mip[names.index(cfg.nucleus_channel)],
+            backend=cfg.segmentation_backend,
+            **cfg.segmentation_params,
+        )
         mask = cut_tiles(nuclear_mask(labels, min_area=cfg.min_nucleus_area), s)
         fraction = mask.reshape(len(mask), -1).mean(axis=1)
         eligible = qc["qc_pass"].to_numpy() & (fraction >= cfg.min_nucleus_fraction)
@@ -435,8 +493,9 @@ def process_tile_field(stack: np.ndarray, names: Sequence[str], cfg: TileConfig)
         table["nuclear_fraction"] = fraction
         table["death_eligible"] = eligible
         death = cut_tiles(mip[names.index(cfg.death_channel)], s)[eligible]
-        out["death"] = preprocess_death(death, blur_sigma=cfg.blur_sigma,
-                                        rolling_ball_radius=cfg.rolling_ball_radius)
+        out["death"] = preprocess_death(
+            death, blur_sigma=cfg.blur_sigma, rolling_ball_radius=cfg.rolling_ball_radius
+        )
         out["mask"] = mask[eligible]
     return out
 
@@ -444,26 +503,40 @@ def process_tile_field(stack: np.ndarray, names: Sequence[str], cfg: TileConfig)
 def _tile_task(task: dict) -> dict:
     """Read and process one field; write its part file. Plain values in, a record out."""
     cfg = TileConfig(**task["config"])
-    record = {"plate": task["plate"], "well": task["well"], "field": task["field"],
-              "status": "ok", "reason": "", "n_tiles": 0, "n_tiles_pass": 0}
+    record = {
+        "plate": task["plate"],
+        "well": task["well"],
+        "field": task["field"],
+        "status": "ok",
+        "reason": "",
+        "n_tiles": 0,
+        "n_tiles_pass": 0,
+    }
     try:
-        source = PlateSource.from_table(task["folder"], pd.DataFrame(task["files"]),
-                                        pattern=cfg.pattern, name=task["plate"],
-                                        planes=task["planes"])
+        source = PlateSource.from_table(
+            task["folder"],
+            pd.DataFrame(task["files"]),
+            pattern=cfg.pattern,
+            name=task["plate"],
+            planes=task["planes"],
+        )
         stack = source.read_field(task["well"], task["field"], task["channel_ids"])
         result = process_tile_field(stack, task["channel_names"], cfg)
     except (ImageReadError, ValueError) as err:
         record.update(status="skipped", reason=str(err))
-        logger.warning("skipping %s %s field %s: %s", task["plate"], task["well"],
-                       task["field"], err)
+        logger.warning(
+            "skipping %s %s field %s: %s", task["plate"], task["well"], task["field"], err
+        )
         return record
     table = result["table"]
     record.update(n_tiles=int(len(table)), n_tiles_pass=int(table["qc_pass"].sum()))
     for test in QC_TESTS:
         record[f"qc_failed_{test}"] = int((table["qc_reason"] == test).sum())
-    arrays = {"tiles": result["tiles"],
-              "table": np.array(table.to_json(orient="split")),
-              "record": np.array(json.dumps(record))}
+    arrays = {
+        "tiles": result["tiles"],
+        "table": np.array(table.to_json(orient="split")),
+        "record": np.array(json.dumps(record)),
+    }
     if "death" in result:
         arrays["death"] = result["death"].astype(np.float32)
         arrays["mask"] = result["mask"]
@@ -491,11 +564,15 @@ class TileIngestResult:
     qc: pd.DataFrame
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "n_tiles": self.n_tiles,
-                "n_tiles_rejected": self.n_tiles_rejected, "n_fields": self.n_fields,
-                "n_fields_skipped": self.n_fields_skipped,
-                "n_tiles_with_death_rate": self.n_tiles_with_death_rate,
-                "death_threshold": self.death_threshold}
+        return {
+            "path": str(self.path),
+            "n_tiles": self.n_tiles,
+            "n_tiles_rejected": self.n_tiles_rejected,
+            "n_fields": self.n_fields,
+            "n_fields_skipped": self.n_fields_skipped,
+            "n_tiles_with_death_rate": self.n_tiles_with_death_rate,
+            "death_threshold": self.death_threshold,
+        }
 
 
 def _map_row(table: pd.DataFrame | None, plate: str, well: str) -> dict | None:
@@ -524,16 +601,22 @@ def _run(tasks: list[dict], n_workers: int) -> list[dict]:
     records = []
     with cf.ProcessPoolExecutor(n_workers, mp_context=mp.get_context(method)) as pool:
         futures = [pool.submit(_tile_task, t) for t in tasks]
-        for fut in progress(cf.as_completed(futures), total=len(futures), desc="tiling fields",
-                            unit="field"):
+        for fut in progress(
+            cf.as_completed(futures), total=len(futures), desc="tiling fields", unit="field"
+        ):
             records.append(fut.result())
     return records
 
 
-def ingest_tiles(plate_dir: str | Path, out: str | Path, *,
-                 platemap: str | Path | pd.DataFrame | None = None,
-                 config: TileConfig | dict | None = None, overwrite: bool = False,
-                 **settings) -> TileIngestResult:
+def ingest_tiles(
+    plate_dir: str | Path,
+    out: str | Path,
+    *,
+    platemap: str | Path | pd.DataFrame | None = None,
+    config: TileConfig | dict | None = None,
+    overwrite: bool = False,
+    **settings,
+) -> TileIngestResult:
     """Plate folders → grid tiles with the paper's QC and death rates, as an ``.h5sc`` file.
 
     Parameters
@@ -566,8 +649,9 @@ def ingest_tiles(plate_dir: str | Path, out: str | Path, *,
     cfg = validate_config(TileConfig, data, source="tile ingest settings")
     out = Path(out)
     if out.exists() and not overwrite:
-        raise FileExistsError(f"output '{out}' already exists; pass overwrite=True or choose "
-                              "another path")
+        raise FileExistsError(
+            f"output '{out}' already exists; pass overwrite=True or choose another path"
+        )
     plates = discover_plates(plate_dir, pattern=cfg.pattern)
     table = None
     if platemap is not None:
@@ -580,37 +664,59 @@ def ingest_tiles(plate_dir: str | Path, out: str | Path, *,
     names: list[str] | None = None
     for plate in plates:
         if not isinstance(plate, PlateSource) or not plate.per_plane:
-            raise ValueError(f"plate '{plate.name}': tile ingestion reads per-plane TIFF "
-                             "folders (e.g. the 'paper' or 'phenix' pattern)")
+            raise ValueError(
+                f"plate '{plate.name}': tile ingestion reads per-plane TIFF "
+                "folders (e.g. the 'paper' or 'phenix' pattern)"
+            )
         cmap = parse_channel_map(cfg.channels, plate.channels)
         plate_names = list(cmap.values())
         if names is None:
             names = plate_names
         elif plate_names != names:
-            raise ValueError(f"all plates must have the same channels; '{plate.name}' has "
-                             f"{plate_names}, the first plate {names}")
+            raise ValueError(
+                f"all plates must have the same channels; '{plate.name}' has "
+                f"{plate_names}, the first plate {names}"
+            )
         rows = plate.files.groupby(["well", "field"]).indices
         for well, field in plate.fields():
             if _map_row(table, plate.name, well) is None:
-                records.append({"plate": plate.name, "well": well, "field": field,
-                                "status": "skipped", "n_tiles": 0, "n_tiles_pass": 0,
-                                "reason": f"well {well} is not in the plate map"})
+                records.append(
+                    {
+                        "plate": plate.name,
+                        "well": well,
+                        "field": field,
+                        "status": "skipped",
+                        "n_tiles": 0,
+                        "n_tiles_pass": 0,
+                        "reason": f"well {well} is not in the plate map",
+                    }
+                )
                 continue
-            tasks.append({"folder": str(plate.folder), "plate": plate.name, "well": well,
-                          "field": field, "files": plate.files.iloc[rows[(well, field)]]
-                          .to_dict("records"), "planes": plate.planes,
-                          "channel_ids": list(cmap), "channel_names": plate_names,
-                          "config": cfg.model_dump(),
-                          "part": str(parts / f"{plate.name}_{well}_f{field:03d}.npz")})
+            tasks.append(
+                {
+                    "folder": str(plate.folder),
+                    "plate": plate.name,
+                    "well": well,
+                    "field": field,
+                    "files": plate.files.iloc[rows[(well, field)]].to_dict("records"),
+                    "planes": plate.planes,
+                    "channel_ids": list(cmap),
+                    "channel_names": plate_names,
+                    "config": cfg.model_dump(),
+                    "part": str(parts / f"{plate.name}_{well}_f{field:03d}.npz"),
+                }
+            )
     records += _run(tasks, cfg.n_workers)
     qc = pd.DataFrame(records).sort_values(["plate", "well", "field"]).reset_index(drop=True)
     done = qc[(qc["status"] == "ok") & (qc["n_tiles_pass"] > 0)]
     if not len(done):
         shutil.rmtree(parts, ignore_errors=True)
-        raise ValueError(f"no tile passed QC in any field ({len(qc)} fields; statuses "
-                         f"{qc['status'].value_counts().to_dict()}; first reasons "
-                         f"{list(qc['reason'].head(3))}); nothing written to '{out}'. "
-                         "Check the QC thresholds against your image intensities.")
+        raise ValueError(
+            f"no tile passed QC in any field ({len(qc)} fields; statuses "
+            f"{qc['status'].value_counts().to_dict()}; first reasons "
+            f"{list(qc['reason'].head(3))}); nothing written to '{out}'. "
+            "Check the QC thresholds against your image intensities."
+        )
 
     def part_of(rec) -> Path:
         return parts / f"{rec.plate}_{rec.well}_f{int(rec.field):03d}.npz"
@@ -632,10 +738,15 @@ def ingest_tiles(plate_dir: str | Path, out: str | Path, *,
                     f"no QC-passed tile is eligible for a death rate (interior tile with a "
                     f"nuclear area fraction >= min_nucleus_fraction={cfg.min_nucleus_fraction})"
                     "; lower min_nucleus_fraction for sparse cultures, set "
-                    "exclude_edge_tiles: false for small fields, or set death_channel: null")
+                    "exclude_edge_tiles: false for small fields, or set death_channel: null"
+                )
             threshold = pooled_death_threshold(pooled, classes=cfg.otsu_classes)
-            logger.info("pooled %d-class multi-Otsu death threshold: %.4g (%d fields)",
-                        cfg.otsu_classes, threshold, len(pooled))
+            logger.info(
+                "pooled %d-class multi-Otsu death threshold: %.4g (%d fields)",
+                cfg.otsu_classes,
+                threshold,
+                len(pooled),
+            )
     # pass 2: obs of the QC-passed tiles, rates, crops
     frames = []
     for rec in done.itertuples():
@@ -646,8 +757,12 @@ def ingest_tiles(plate_dir: str | Path, out: str | Path, *,
                 rates = np.full((len(t), len(cols)), np.nan)
                 elig = t["death_eligible"].to_numpy(bool)
                 if elig.any():
-                    r = tile_death_rates(z["death"], z["mask"], threshold,
-                                         min_nucleus_fraction=cfg.min_nucleus_fraction)
+                    r = tile_death_rates(
+                        z["death"],
+                        z["mask"],
+                        threshold,
+                        min_nucleus_fraction=cfg.min_nucleus_fraction,
+                    )
                     rates[elig] = r[list(cols)].to_numpy(float)
                 t = t.assign(**{c: rates[:, i] for i, c in enumerate(cols)})
         t = t[t["qc_pass"].to_numpy(bool)].copy()
@@ -661,10 +776,15 @@ def ingest_tiles(plate_dir: str | Path, out: str | Path, *,
     obs["unit"] = "tile"
     if has_death:
         obs["death_rate"] = obs["death_intensity_rate"]
-    obs = obs.drop(columns=["qc_pass", "qc_reason", "death_eligible", "n_nuclear_px"],
-                   errors="ignore")
-    obs.index = [f"{p}_{w}_f{f}_t{r}_{c}" for p, w, f, r, c in zip(
-        obs["plate"], obs["well"], obs["field"], obs["tile_row"], obs["tile_col"], strict=True)]
+    obs = obs.drop(
+        columns=["qc_pass", "qc_reason", "death_eligible", "n_nuclear_px"], errors="ignore"
+    )
+    obs.index = [
+        f"{p}_{w}_f{f}_t{r}_{c}"
+        for p, w, f, r, c in zip(
+            obs["plate"], obs["well"], obs["field"], obs["tile_row"], obs["tile_col"], strict=True
+        )
+    ]
     for col in obs.columns:
         if obs[col].dtype == object:
             obs[col] = obs[col].astype(str).astype("category")
@@ -672,10 +792,14 @@ def ingest_tiles(plate_dir: str | Path, out: str | Path, *,
     for col in qc_table.columns:
         if qc_table[col].dtype == object:
             qc_table[col] = qc_table[col].fillna("").astype(str)
-    uns = {"qc": qc_table, "death_threshold": threshold,
-           "ingest": {"unit": "tile", "config": json.dumps(cfg.model_dump(), default=str)}}
-    with H5scWriter(out, obs, channel_names=list(cfg.crop_channels), crop_size=cfg.tile_size,
-                    uns=uns) as writer:
+    uns = {
+        "qc": qc_table,
+        "death_threshold": threshold,
+        "ingest": {"unit": "tile", "config": json.dumps(cfg.model_dump(), default=str)},
+    }
+    with H5scWriter(
+        out, obs, channel_names=list(cfg.crop_channels), crop_size=cfg.tile_size, uns=uns
+    ) as writer:
         for rec in progress(list(done.itertuples()), desc="writing tiles", unit="field"):
             with np.load(part_of(rec)) as z:
                 writer.write(z["tiles"])
@@ -683,7 +807,21 @@ def ingest_tiles(plate_dir: str | Path, out: str | Path, *,
     shutil.rmtree(parts, ignore_errors=True)
     n_rejected = int(qc["n_tiles"].sum() - qc["n_tiles_pass"].sum())
     n_rate = int(np.isfinite(obs["death_rate"].to_numpy(float)).sum()) if has_death else 0
-    logger.info("wrote %d tiles (%d rejected by QC, %d with a death rate) from %d fields to %s",
-                len(obs), n_rejected, n_rate, len(qc), out)
-    return TileIngestResult(out, len(obs), n_rejected, len(qc),
-                            int((qc["status"] != "ok").sum()), n_rate, threshold, qc_table)
+    logger.info(
+        "wrote %d tiles (%d rejected by QC, %d with a death rate) from %d fields to %s",
+        len(obs),
+        n_rejected,
+        n_rate,
+        len(qc),
+        out,
+    )
+    return TileIngestResult(
+        out,
+        len(obs),
+        n_rejected,
+        len(qc),
+        int((qc["status"] != "ok").sum()),
+        n_rate,
+        threshold,
+        qc_table,
+    )

@@ -47,9 +47,14 @@ class JTResult:
     n_groups: int
 
     def to_dict(self) -> dict:
-        return {"statistic": self.statistic, "expected": self.expected,
-                "variance": self.variance, "z": self.z, "p_value": self.p_value,
-                "n_groups": self.n_groups}
+        return {
+            "statistic": self.statistic,
+            "expected": self.expected,
+            "variance": self.variance,
+            "z": self.z,
+            "p_value": self.p_value,
+            "n_groups": self.n_groups,
+        }
 
 
 def jonckheere_terpstra(values, groups, *, alternative: str = "increasing") -> JTResult:
@@ -69,11 +74,13 @@ def jonckheere_terpstra(values, groups, *, alternative: str = "increasing") -> J
     v = np.asarray(values, dtype=np.float64).ravel()
     g = np.asarray(groups).ravel()
     if v.shape != g.shape:
-        raise ValueError(f"values and groups must have the same length, got {v.shape} and "
-                         f"{g.shape}")
+        raise ValueError(
+            f"values and groups must have the same length, got {v.shape} and {g.shape}"
+        )
     if alternative not in ("increasing", "decreasing", "two-sided"):
-        raise ValueError(f"alternative must be increasing, decreasing or two-sided, got "
-                         f"{alternative!r}")
+        raise ValueError(
+            f"alternative must be increasing, decreasing or two-sided, got {alternative!r}"
+        )
     ok = np.isfinite(v) & (g >= 0)
     v, g = v[ok], g[ok].astype(np.int64)
     levels = np.unique(g)
@@ -92,11 +99,17 @@ def jonckheere_terpstra(values, groups, *, alternative: str = "increasing") -> J
     _, t = np.unique(v, return_counts=True)
     t = t.astype(np.float64)
     expected = (n**2 - (n_i**2).sum()) / 4.0
-    var = (n * (n - 1) * (2 * n + 5) - (n_i * (n_i - 1) * (2 * n_i + 5)).sum()
-           - (t * (t - 1) * (2 * t + 5)).sum()) / 72.0
+    var = (
+        n * (n - 1) * (2 * n + 5)
+        - (n_i * (n_i - 1) * (2 * n_i + 5)).sum()
+        - (t * (t - 1) * (2 * t + 5)).sum()
+    ) / 72.0
     if n > 2:
-        var += ((n_i * (n_i - 1) * (n_i - 2)).sum() * (t * (t - 1) * (t - 2)).sum()
-                / (36.0 * n * (n - 1) * (n - 2)))
+        var += (
+            (n_i * (n_i - 1) * (n_i - 2)).sum()
+            * (t * (t - 1) * (t - 2)).sum()
+            / (36.0 * n * (n - 1) * (n - 2))
+        )
     var += (n_i * (n_i - 1)).sum() * (t * (t - 1)).sum() / (8.0 * n * (n - 1))
     z = (j - expected) / np.sqrt(var) if var > 0 else float("nan")
     if alternative == "increasing":
@@ -105,12 +118,19 @@ def jonckheere_terpstra(values, groups, *, alternative: str = "increasing") -> J
         p = float(stats.norm.cdf(z))
     else:
         p = float(2 * stats.norm.sf(abs(z)))
-    return JTResult(statistic=j, expected=float(expected), variance=float(var), z=float(z),
-                    p_value=p, n_groups=len(levels))
+    return JTResult(
+        statistic=j,
+        expected=float(expected),
+        variance=float(var),
+        z=float(z),
+        p_value=p,
+        n_groups=len(levels),
+    )
 
 
-def pseudotime_bins(pseudotime, *, n_bins: int = 3, lower: float = 5.0,
-                    upper: float = 95.0) -> np.ndarray:
+def pseudotime_bins(
+    pseudotime, *, n_bins: int = 3, lower: float = 5.0, upper: float = 95.0
+) -> np.ndarray:
     """Equal-width pseudotime bins between two percentiles (the paper: 3 bins, p5–p95).
 
     Parameters
@@ -136,8 +156,7 @@ def pseudotime_bins(pseudotime, *, n_bins: int = 3, lower: float = 5.0,
     return out
 
 
-def knn_indices_excluding(x, k: int = 5, *, groups=None, metric: str = "euclidean"
-                          ) -> np.ndarray:
+def knn_indices_excluding(x, k: int = 5, *, groups=None, metric: str = "euclidean") -> np.ndarray:
     """``k`` nearest neighbours of each unit, excluding itself and units of its own group.
 
     Parameters
@@ -168,8 +187,10 @@ def knn_indices_excluding(x, k: int = 5, *, groups=None, metric: str = "euclidea
             raise ValueError(f"groups has {len(g)} entries but x has {n} rows")
     largest = int(np.bincount(g).max())
     if n - largest < k:
-        raise ValueError(f"a group holds {largest} of {n} units, leaving fewer than k={k} "
-                         "units outside it; lower k or use coarser data")
+        raise ValueError(
+            f"a group holds {largest} of {n} units, leaving fewer than k={k} "
+            "units outside it; lower k or use coarser data"
+        )
     nn = NearestNeighbors(metric=metric).fit(x)
     m = min(n, k + largest)
     while True:
@@ -199,8 +220,9 @@ def centroid_root(embedding, control_mask) -> int:
     e = np.asarray(embedding, dtype=np.float64)
     m = np.asarray(control_mask, dtype=bool)
     if e.ndim != 2 or len(m) != len(e):
-        raise ValueError(f"embedding must be (n, d) and control_mask (n,), got {e.shape} and "
-                         f"{m.shape}")
+        raise ValueError(
+            f"embedding must be (n, d) and control_mask (n,), got {e.shape} and {m.shape}"
+        )
     ok = m & np.isfinite(e).all(axis=1)
     if not ok.any():
         raise ValueError("no control unit with a finite embedding to root pseudotime at")
@@ -245,8 +267,9 @@ def log1p_zscore(x) -> tuple[np.ndarray, np.ndarray]:
     return z.astype(np.float32), keep
 
 
-def volcano_calls(mean_group, mean_reference, padj, *, min_abs_log2fc: float = 0.58,
-                  alpha: float | None = 0.05) -> tuple[np.ndarray, np.ndarray]:
+def volcano_calls(
+    mean_group, mean_reference, padj, *, min_abs_log2fc: float = 0.58, alpha: float | None = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
     """log2 fold changes with the paper's guard and its differential calls.
 
     ``log2FC = log2((mean_group + 1e-10) / (mean_reference + 1e-10))``; a feature is called

@@ -44,8 +44,14 @@ from .latents import get_rep, obs_values
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["paper_analysis", "paper_geometry", "paper_trajectory", "paper_volcano",
-           "DEAD_THRESHOLD", "DEAD_THRESHOLD_TRAINING"]
+__all__ = [
+    "paper_analysis",
+    "paper_geometry",
+    "paper_trajectory",
+    "paper_volcano",
+    "DEAD_THRESHOLD",
+    "DEAD_THRESHOLD_TRAINING",
+]
 
 # The paper's code uses two dead-latent thresholds on usage: 1e-5 in every downstream
 # analysis (probe from cache, geometry, trajectories) and 5e-4 in its training log, step09
@@ -77,17 +83,30 @@ def _groups(adata, mode: str | None) -> np.ndarray | None:
 def _mutants(labels: np.ndarray, control: str, mutants: Sequence[str] | None) -> list[str]:
     levels = [str(v) for v in pd.unique(labels)]
     if control not in levels:
-        raise ValueError(f"control level {control!r} is not a level of the label column; "
-                         f"levels: {', '.join(levels)}")
+        raise ValueError(
+            f"control level {control!r} is not a level of the label column; "
+            f"levels: {', '.join(levels)}"
+        )
     return [m for m in (mutants or levels) if m != control]
 
 
-def paper_geometry(adata, *, reps: Mapping[str, str] | None = None, label_key: str = "genotype",
-                   control: str = "healthy", mutants: Sequence[str] | None = None,
-                   phenotype: str = "death_rate", ks: Sequence[int] = (5, 10, 15, 20, 25),
-                   moran_k: int = 5, n_components: int = 250, n_splits: int = 5,
-                   exclude_same: str | None = None, r2_groups: str | None = None,
-                   dead_threshold: float = DEAD_THRESHOLD, seed: int = 42) -> pd.DataFrame:
+def paper_geometry(
+    adata,
+    *,
+    reps: Mapping[str, str] | None = None,
+    label_key: str = "genotype",
+    control: str = "healthy",
+    mutants: Sequence[str] | None = None,
+    phenotype: str = "death_rate",
+    ks: Sequence[int] = (5, 10, 15, 20, 25),
+    moran_k: int = 5,
+    n_components: int = 250,
+    n_splits: int = 5,
+    exclude_same: str | None = None,
+    r2_groups: str | None = None,
+    dead_threshold: float = DEAD_THRESHOLD,
+    seed: int = 42,
+) -> pd.DataFrame:
     """kNN local/global SD, Moran's I and death R² within each mutant class.
 
     Parameters
@@ -110,8 +129,7 @@ def paper_geometry(adata, *, reps: Mapping[str, str] | None = None, label_key: s
     DataFrame, one row per (rep, class, metric, k): columns ``rep, class, metric, k,
     value, n_units``; metrics ``knn_sd_ratio``, ``morans_i``, ``death_r2``.
     """
-    reps = dict(reps or {n: k for n, k in (("cnn", "X_cnn"), ("sae", "X_sae"))
-                         if k in adata.obsm})
+    reps = dict(reps or {n: k for n, k in (("cnn", "X_cnn"), ("sae", "X_sae")) if k in adata.obsm})
     if not reps:
         raise KeyError(f"no representation to analyse; obsm has {list(adata.obsm)}")
     labels = obs_values(adata, label_key, numeric=False).astype(str)
@@ -124,36 +142,73 @@ def paper_geometry(adata, *, reps: Mapping[str, str] | None = None, label_key: s
         for cls in _mutants(labels, control, mutants):
             sel = np.flatnonzero((labels == cls) & np.isfinite(y))
             if len(sel) < max(ks) + 2 or np.std(y[sel]) == 0:
-                logger.warning("paper geometry: class %r has %d units with a varying %s; "
-                               "skipped", cls, len(sel), phenotype)
+                logger.warning(
+                    "paper geometry: class %r has %d units with a varying %s; skipped",
+                    cls,
+                    len(sel),
+                    phenotype,
+                )
                 continue
             x, v = x_all[sel], y[sel]
             g = None if groups_nb is None else groups_nb[sel]
             for k in ks:
                 nb = knn_indices(x, k) if g is None else knn_indices_excluding(x, k, groups=g)
-                rows.append((name, cls, "knn_sd_ratio", k,
-                             knn_sd_ratio(None, v, k=k, neighbors=nb).ratio, len(sel)))
+                rows.append(
+                    (
+                        name,
+                        cls,
+                        "knn_sd_ratio",
+                        k,
+                        knn_sd_ratio(None, v, k=k, neighbors=nb).ratio,
+                        len(sel),
+                    )
+                )
                 if k == moran_k:
-                    rows.append((name, cls, "morans_i", k,
-                                 morans_i(None, v, neighbors=nb, n_permutations=0).i, len(sel)))
+                    rows.append(
+                        (
+                            name,
+                            cls,
+                            "morans_i",
+                            k,
+                            morans_i(None, v, neighbors=nb, n_permutations=0).i,
+                            len(sel),
+                        )
+                    )
             gr = None if groups_r2 is None else groups_r2[sel]
             if gr is not None and len(np.unique(gr)) < n_splits:
-                logger.warning("paper geometry: class %r has %d %s groups, fewer than %d "
-                               "folds; R² skipped", cls, len(np.unique(gr)), r2_groups,
-                               n_splits)
+                logger.warning(
+                    "paper geometry: class %r has %d %s groups, fewer than %d folds; R² skipped",
+                    cls,
+                    len(np.unique(gr)),
+                    r2_groups,
+                    n_splits,
+                )
             else:
-                r2 = phenotype_r2(x, v, groups=gr, n_splits=n_splits,
-                                  n_components=n_components, seed=seed).r2
+                r2 = phenotype_r2(
+                    x, v, groups=gr, n_splits=n_splits, n_components=n_components, seed=seed
+                ).r2
                 rows.append((name, cls, "death_r2", np.nan, r2, len(sel)))
     return pd.DataFrame(rows, columns=["rep", "class", "metric", "k", "value", "n_units"])
 
 
-def paper_trajectory(adata, *, use_rep: str = "X_sae", label_key: str = "genotype",
-                     control: str = "healthy", mutants: Sequence[str] | None = None,
-                     phenotype: str = "death_rate", n_pcs: int = 30, n_neighbors: int = 15,
-                     n_comps: int = 15, n_dcs: int = 10, n_bins: int = 3,
-                     l2_normalize: bool = True, transform: str = "log_std",
-                     dead_threshold: float = DEAD_THRESHOLD, seed: int = 0) -> pd.DataFrame:
+def paper_trajectory(
+    adata,
+    *,
+    use_rep: str = "X_sae",
+    label_key: str = "genotype",
+    control: str = "healthy",
+    mutants: Sequence[str] | None = None,
+    phenotype: str = "death_rate",
+    n_pcs: int = 30,
+    n_neighbors: int = 15,
+    n_comps: int = 15,
+    n_dcs: int = 10,
+    n_bins: int = 3,
+    l2_normalize: bool = True,
+    transform: str = "log_std",
+    dead_threshold: float = DEAD_THRESHOLD,
+    seed: int = 0,
+) -> pd.DataFrame:
     """DPT per control + mutant pair, rooted at the control unit nearest the control centroid.
 
     Parameters
@@ -200,8 +255,9 @@ def paper_trajectory(adata, *, use_rep: str = "X_sae", label_key: str = "genotyp
 
         nc = int(min(n_pcs, x.shape[1], len(sel) - 1))
         pair.obsm["X_pca"] = PCA(nc, random_state=seed).fit_transform(x).astype(np.float32)
-        neighbors(pair, n_neighbors=min(n_neighbors, len(sel) - 1), use_rep="X_pca",
-                  seed=seed)  # scanpy's graph; its own kNN fails above 8,192 cells
+        neighbors(
+            pair, n_neighbors=min(n_neighbors, len(sel) - 1), use_rep="X_pca", seed=seed
+        )  # scanpy's graph; its own kNN fails above 8,192 cells
         _diffmap(pair, n_comps, seed=seed)
         is_ctrl = labels[sel] == control
         root = centroid_root(pair.obsm["X_diffmap"][:, 1:], is_ctrl)
@@ -211,9 +267,16 @@ def paper_trajectory(adata, *, use_rep: str = "X_sae", label_key: str = "genotyp
         pt[~np.isfinite(pt)] = np.nan
         v = y[sel]
         m = ~is_ctrl & np.isfinite(v) & np.isfinite(pt)
-        row = {"mutant": mut, "root": str(adata.obs_names[sel[root]]), "n_units": len(sel),
-               "n_mutant_rated": int(m.sum()), "spearman_rho": np.nan, "pearson_r": np.nan,
-               "jt_z": np.nan, "jt_p": np.nan}
+        row = {
+            "mutant": mut,
+            "root": str(adata.obs_names[sel[root]]),
+            "n_units": len(sel),
+            "n_mutant_rated": int(m.sum()),
+            "spearman_rho": np.nan,
+            "pearson_r": np.nan,
+            "jt_z": np.nan,
+            "jt_p": np.nan,
+        }
         if m.sum() >= 5 and np.std(v[m]) > 0 and np.std(pt[m]) > 0:
             row["spearman_rho"] = float(spearmanr(pt[m], v[m]).statistic)
             row["pearson_r"] = float(pearsonr(pt[m], v[m]).statistic)
@@ -225,10 +288,17 @@ def paper_trajectory(adata, *, use_rep: str = "X_sae", label_key: str = "genotyp
     return pd.DataFrame(rows)
 
 
-def paper_volcano(adata, *, reps: Mapping[str, str] | None = None, label_key: str = "genotype",
-                  control: str = "healthy", mutants: Sequence[str] | None = None,
-                  min_abs_log2fc: float = 0.58, alpha: float | None = 0.05,
-                  dead_threshold: float = DEAD_THRESHOLD_TRAINING) -> pd.DataFrame:
+def paper_volcano(
+    adata,
+    *,
+    reps: Mapping[str, str] | None = None,
+    label_key: str = "genotype",
+    control: str = "healthy",
+    mutants: Sequence[str] | None = None,
+    min_abs_log2fc: float = 0.58,
+    alpha: float | None = 0.05,
+    dead_threshold: float = DEAD_THRESHOLD_TRAINING,
+) -> pd.DataFrame:
     """Mutant vs control per feature: Mann–Whitney U, BH-FDR, ``|log2FC| ≥ 0.58``.
 
     CNN channels enter as ``|GAP|`` (the paper's volcano), SAE codes as the alive latents
@@ -241,8 +311,7 @@ def paper_volcano(adata, *, reps: Mapping[str, str] | None = None, label_key: st
     """
     from .differential import rank_features
 
-    reps = dict(reps or {n: k for n, k in (("cnn", "X_cnn"), ("sae", "X_sae"))
-                         if k in adata.obsm})
+    reps = dict(reps or {n: k for n, k in (("cnn", "X_cnn"), ("sae", "X_sae")) if k in adata.obsm})
     labels = obs_values(adata, label_key, numeric=False).astype(str)
     tables = []
     for name, key in reps.items():
@@ -254,22 +323,52 @@ def paper_volcano(adata, *, reps: Mapping[str, str] | None = None, label_key: st
             keep = alive_latents(x, dead_threshold)
             x, feat = x[:, keep], np.flatnonzero(keep)
         for mut in _mutants(labels, control, mutants):
-            t = rank_features(x, labels == mut, labels == control, method="wilcoxon",
-                              feature_names=[f"{name}_{i}" for i in feat], group=mut,
-                              reference=control)
-            lfc, called = volcano_calls(t["mean_group"], t["mean_reference"], t["padj"],
-                                        min_abs_log2fc=min_abs_log2fc, alpha=alpha)
-            tables.append(pd.DataFrame({"rep": name, "mutant": mut, "feature": t["feature"],
-                                        "log2fc": lfc, "pvalue": t["pvalue"],
-                                        "padj": t["padj"], "called": called}))
+            t = rank_features(
+                x,
+                labels == mut,
+                labels == control,
+                method="wilcoxon",
+                feature_names=[f"{name}_{i}" for i in feat],
+                group=mut,
+                reference=control,
+            )
+            lfc, called = volcano_calls(
+                t["mean_group"],
+                t["mean_reference"],
+                t["padj"],
+                min_abs_log2fc=min_abs_log2fc,
+                alpha=alpha,
+            )
+            tables.append(
+                pd.DataFrame(
+                    {
+                        "rep": name,
+                        "mutant": mut,
+                        "feature": t["feature"],
+                        "log2fc": lfc,
+                        "pvalue": t["pvalue"],
+                        "padj": t["padj"],
+                        "called": called,
+                    }
+                )
+            )
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
-def paper_analysis(adata, *, label_key: str = "genotype", control: str = "healthy",
-                   phenotype: str = "death_rate", exclude_same: str | None = None,
-                   r2_groups: str | None = None, n_neighbors: int = 15, n_pcs: int = 30,
-                   dead_threshold: float = DEAD_THRESHOLD, seed: int = 0,
-                   key_added: str = "paper") -> dict:
+def paper_analysis(
+    adata,
+    *,
+    label_key: str = "genotype",
+    control: str = "healthy",
+    phenotype: str = "death_rate",
+    exclude_same: str | None = None,
+    r2_groups: str | None = None,
+    n_neighbors: int = 15,
+    n_pcs: int = 30,
+    dead_threshold: float = DEAD_THRESHOLD,
+    seed: int = 0,
+    key_added: str = "paper",
+) -> dict:
     """Geometry, trajectories and volcano of the paper's analysis preset.
 
     Writes ``uns[key_added]`` = ``{"geometry", "trajectory", "volcano_counts", "summary",
@@ -277,24 +376,49 @@ def paper_analysis(adata, *, label_key: str = "genotype", control: str = "health
     figures: ``knn_sd_ratio_k5_<rep>``, ``morans_i_<rep>``, ``death_r2_<rep>`` (means over
     mutant classes), ``dpt_spearman_<rep>``, ``de_features_<rep>``.
     """
-    params = {"label_key": label_key, "control": control, "phenotype": phenotype,
-              "exclude_same": exclude_same, "r2_groups": r2_groups, "n_neighbors": n_neighbors,
-              "n_pcs": n_pcs, "dead_threshold": dead_threshold, "seed": seed}
-    geometry = paper_geometry(adata, label_key=label_key, control=control, phenotype=phenotype,
-                              exclude_same=exclude_same, r2_groups=r2_groups,
-                              dead_threshold=dead_threshold)
+    params = {
+        "label_key": label_key,
+        "control": control,
+        "phenotype": phenotype,
+        "exclude_same": exclude_same,
+        "r2_groups": r2_groups,
+        "n_neighbors": n_neighbors,
+        "n_pcs": n_pcs,
+        "dead_threshold": dead_threshold,
+        "seed": seed,
+    }
+    geometry = paper_geometry(
+        adata,
+        label_key=label_key,
+        control=control,
+        phenotype=phenotype,
+        exclude_same=exclude_same,
+        r2_groups=r2_groups,
+        dead_threshold=dead_threshold,
+    )
     reps = [r for r in ("cnn", "sae") if f"X_{r}" in adata.obsm]
     traj = []
     for rep in reps:
-        t = paper_trajectory(adata, use_rep=f"X_{rep}", label_key=label_key, control=control,
-                             phenotype=phenotype, n_pcs=n_pcs, n_neighbors=n_neighbors,
-                             transform="log_std" if rep == "sae" else "none",
-                             dead_threshold=dead_threshold, seed=seed)
+        t = paper_trajectory(
+            adata,
+            use_rep=f"X_{rep}",
+            label_key=label_key,
+            control=control,
+            phenotype=phenotype,
+            n_pcs=n_pcs,
+            n_neighbors=n_neighbors,
+            transform="log_std" if rep == "sae" else "none",
+            dead_threshold=dead_threshold,
+            seed=seed,
+        )
         traj.append(t.assign(rep=rep))
     trajectory = pd.concat(traj, ignore_index=True) if traj else pd.DataFrame()
     volcano = paper_volcano(adata, label_key=label_key, control=control)
-    counts = (volcano.groupby(["rep", "mutant"])["called"].sum().astype(int).reset_index()
-              if len(volcano) else pd.DataFrame())
+    counts = (
+        volcano.groupby(["rep", "mutant"])["called"].sum().astype(int).reset_index()
+        if len(volcano)
+        else pd.DataFrame()
+    )
     summary: dict[str, float] = {}
     for rep in reps:
         g = geometry[geometry["rep"] == rep]
@@ -307,10 +431,16 @@ def paper_analysis(adata, *, label_key: str = "genotype", control: str = "health
                 summary[name] = float(sub["value"].mean())
         if len(trajectory):
             summary[f"dpt_spearman_{rep}"] = float(
-                trajectory.loc[trajectory["rep"] == rep, "spearman_rho"].mean())
+                trajectory.loc[trajectory["rep"] == rep, "spearman_rho"].mean()
+            )
         if len(counts):
             summary[f"de_features_{rep}"] = int(counts.loc[counts["rep"] == rep, "called"].sum())
-    out = {"geometry": geometry, "trajectory": trajectory, "volcano_counts": counts,
-           "summary": summary, "params": params}
+    out = {
+        "geometry": geometry,
+        "trajectory": trajectory,
+        "volcano_counts": counts,
+        "summary": summary,
+        "params": params,
+    }
     adata.uns[key_added] = out
     return out

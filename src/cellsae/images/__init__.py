@@ -46,3 +46,4 @@ from .segmentation import (
 )
 from .toy import make_toy_field, make_toy_plate
 from .scoring import score_ingestion
+from .tiles import TileConfig, TileIngestResult, ingest_tiles, tile_grid, cut_tiles, tile_qc, tile_death_rates

@@ -12,3 +12,4 @@ from .pathways import pathway_activity
 from .align import gw_map
 from .latents import neighbors, token_codes
 from .annotate import token_activation_maps
+from .paper import paper_analysis, paper_geometry, paper_trajectory, paper_volcano

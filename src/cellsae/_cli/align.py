@@ -30,10 +30,11 @@ def register(app: typer.Typer) -> None:
                                     "regularisations, comma-separated."),
         criterion: str = typer.Option("consensus", help="Label-free selection: consensus, "
                                       "objective or distortion."),
-        cost: str = typer.Option("multiscale_geodesic", help="Intra-domain cost: "
+        cost: str = typer.Option("knn_geodesic", help="Intra-domain cost: knn_geodesic "
+                                 "(every k, epsilon pair is a candidate), "
                                  "multiscale_geodesic (kNN geodesics averaged over every "
-                                 "--n-neighbors, only epsilon is selected), knn_geodesic "
-                                 "(every k, epsilon pair is a candidate), euclidean, cosine."),
+                                 "--n-neighbors, only epsilon is selected), euclidean, "
+                                 "cosine."),
         n_pcs: int = typer.Option(30, help="Principal components per side."),
         n_landmarks: int = typer.Option(2000, help="Anchors per side for the landmark "
                                         "solver."),

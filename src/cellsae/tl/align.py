@@ -126,7 +126,7 @@ def gw_map(
     n_neighbors: int | Sequence[int] = (15, 30, 50),
     epsilon: float | Sequence[float] = (2e-3, 5e-3, 1e-2),
     criterion: str = "consensus",
-    cost: str = "multiscale_geodesic",
+    cost: str = "knn_geodesic",
     metric: str = "correlation",
     mode: str = "connectivity",
     weights_img=None,
@@ -155,12 +155,12 @@ def gw_map(
         values only); "auto" picks "landmark" above ``max_exact_cells`` cells per side.
     n_neighbors, epsilon : int / float or sequences
         kNN sizes and candidate entropic regularisations. With the default
+        ``cost="knn_geodesic"`` every (k, ε) pair is a candidate; with
         ``cost="multiscale_geodesic"`` the kNN sizes are averaged into one cost per side
-        (no k is chosen) and only ε is selected; with ``cost="knn_geodesic"`` every
-        (k, ε) pair is a candidate.
+        (no k is chosen) and only ε is selected.
     criterion : {"consensus", "objective", "distortion"}
         Label-free selection criterion (see ``cellsae.align.selection``).
-    cost : {"multiscale_geodesic", "knn_geodesic", "euclidean", "cosine"}
+    cost : {"knn_geodesic", "multiscale_geodesic", "euclidean", "cosine"}
         Intra-domain cost (see ``cellsae.align.costs``).
     weights_img, weights_rna : array of shape (n_cells,) or obs column name, optional
         Cell weights (marginals) of each side; they must have one entry per cell and sum

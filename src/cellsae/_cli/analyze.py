@@ -38,6 +38,7 @@ def analyze(
     n_neighbors: int = typer.Option(15, "--n-neighbors", min=2, help="k of the neighbour graph."),
     resolution: float = typer.Option(1.0, "--resolution", min=0.0, help="Leiden resolution."),
     umap: bool = typer.Option(True, "--umap/--no-umap", help="Also compute a UMAP."),
+    knn: str = typer.Option("auto", "--knn", help="kNN backend: auto (exact; scanpy's own below 8,192 cells), exact or pynndescent."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed for PCA, Leiden and UMAP."),
 ) -> None:
     """Analyse SAE latents the way one analyses genes in scRNA-seq.
@@ -71,6 +72,8 @@ def analyze(
     )
 
     require_file(codes, what="codes AnnData")
+    if knn not in ("auto", "exact", "pynndescent"):
+        raise ValueError(f"--knn must be 'auto', 'exact' or 'pynndescent', got {knn!r}")
     if de_method not in ("wilcoxon", "t-test"):
         raise ValueError(f"--de-method must be 'wilcoxon' or 't-test', got {de_method!r}")
     source = ad.read_h5ad(codes)
@@ -80,7 +83,8 @@ def analyze(
     lat = latents_anndata(source, use_rep=None if use_rep == "X" else use_rep, transform=transform)
     del source
     pca_latents(lat, n_comps=n_comps, seed=seed)
-    cluster_latents(lat, n_neighbors=n_neighbors, resolution=resolution, umap=umap, seed=seed)
+    cluster_latents(lat, n_neighbors=n_neighbors, resolution=resolution, umap=umap, knn=knn,
+                    seed=seed)
     group = _parse_group(root_group) or (
         {groupby: reference} if reference != "rest" else None)
     pseudotime(lat, root_group=group, live_key=phenotype)
@@ -118,7 +122,7 @@ def analyze(
         "params": {"use_rep": use_rep, "transform": transform, "groupby": groupby,
                    "reference": reference, "donor_key": donor_key, "phenotype": phenotype,
                    "n_comps": n_comps, "n_neighbors": n_neighbors, "resolution": resolution,
-                   "seed": seed},
+                   "knn": knn, "seed": seed},
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
     logger.info("analysed %d cells × %d latents → %s", lat.n_obs, lat.n_vars, out)

@@ -84,6 +84,8 @@ def main(argv=None) -> int:
     scores = {"cnn": [], "cnn_multilayer": [], "measure": [], "pixels": []}
     balanced = {"cnn": [], "cnn_multilayer": [], "measure": [], "pixels": []}
     worst_donor = []
+    per_donor: dict[str, dict[str, float]] = {"cnn": {}, "measure": {}, "pixels": {}}
+    confusion = None
     train_rates, extract_rates, train_seconds = [], [], []
     device = None
     for fold in range(n_folds):
@@ -106,9 +108,11 @@ def main(argv=None) -> int:
             res = probe_split(rep, genotype, split, groups=donor, train_parts=("train",))
             scores[name].append(res.accuracy)
             balanced[name].append(res.balanced_accuracy)
+            if name in per_donor:
+                per_donor[name].update(res.per_group_accuracy)
             if name == "cnn":
                 worst_donor.append(min(res.per_group_accuracy.values()))
-                confusion = res.confusion.tolist()
+                confusion = res.confusion if confusion is None else confusion + res.confusion
                 classes = [str(c) for c in res.classes]
 
     figures = {
@@ -140,7 +144,11 @@ def main(argv=None) -> int:
         "chance_acc": float(1 / len(donors_of)),
         "total_seconds": time.perf_counter() - t_start,
     }
-    print(f"last fold confusion (rows true {classes}): {confusion}", file=sys.stderr)
+    print(f"CNN confusion summed over folds (rows true, columns predicted; {classes}): "
+          f"{confusion.tolist()}", file=sys.stderr)
+    for name, accs in per_donor.items():
+        print(f"{name} accuracy per held-out donor: "
+              + ", ".join(f"{d} {a:.2f}" for d, a in sorted(accs.items())), file=sys.stderr)
     emit(figures, args.out)
     return 0
 

@@ -32,6 +32,7 @@ or ``"none"`` for identical results).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -88,6 +89,11 @@ class TrainConfig(StrictModel):
     proj_dim: int = Field(64, ge=1)
     l2_pool: bool = True
     balance: Literal["class", "none"] = "class"
+    donor_adversary: float = Field(
+        0.0, ge=0, description="weight of the donor adversary: a linear classifier of each "
+        "cell's donor among the training donors of its own class, trained on the embedding "
+        "through a reversed gradient, so the encoder unlearns what tells donors of one class "
+        "apart (donor shortcuts that do not carry over to new donors); 0 disables it")
     augment: AugmentConfig = AugmentConfig()
     patience: int | None = Field(4, ge=1)
     amp: bool = True
@@ -149,14 +155,33 @@ class Projector(nn.Module):
         return F.normalize(self.fc2(F.relu(self.fc1(h))), dim=1)
 
 
+class _ReverseGrad(torch.autograd.Function):
+    """Identity forward; the gradient is multiplied by ``-scale`` on the way back."""
+
+    @staticmethod
+    def forward(ctx, x, scale: float):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.scale * grad, None
+
+
 class _TrainModule(nn.Module):
-    def __init__(self, encoder: Encoder, head: nn.Module):
+    """Encoder + objective head, and optionally a donor adversary on the embedding."""
+
+    def __init__(self, encoder: Encoder, head: nn.Module, adversary: nn.Module | None = None):
         super().__init__()
         self.encoder = encoder
         self.head = head
+        self.adversary = adversary
 
-    def forward(self, x):
-        return self.head(self.encoder(x))
+    def forward(self, x, reverse_scale: float = 0.0):
+        h = self.encoder(x)
+        if self.adversary is None:
+            return self.head(h)
+        return self.head(h), self.adversary(_ReverseGrad.apply(h, reverse_scale))
 
 
 # -- distributed ------------------------------------------------------------------------
@@ -468,19 +493,36 @@ def train_encoder(crops, labels, *, donors=None, split=None, split_mode: str = "
         model.set_input_stats(xs.mean(dim=(0, 2, 3)), xs.std(dim=(0, 2, 3)))
 
     contrastive = cfg.objective in ("moco", "supcon")
-    if contrastive:
-        head = Projector(model.embed_dim, cfg.proj_hidden, cfg.proj_dim, cfg.l2_pool)
-    else:
-        head = nn.Linear(model.embed_dim, len(classes))
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # seeded, and the caller's generator untouched
         torch.manual_seed(cfg.seed + 1)
-        head.reset_parameters() if isinstance(head, nn.Linear) else [
-            m.reset_parameters() for m in head.modules() if isinstance(m, nn.Linear)]
-    module = _TrainModule(model, head).to(device)
+        if contrastive:
+            head = Projector(model.embed_dim, cfg.proj_hidden, cfg.proj_dim, cfg.l2_pool)
+        else:
+            head = nn.Linear(model.embed_dim, len(classes))
+    adversary, donor_code, donor_allowed = None, None, None
+    if cfg.donor_adversary > 0:
+        if donors is None:
+            raise ValueError("donor_adversary needs the donor of every cell: pass donors=...")
+        donor_arr = np.asarray(donors).astype(str)
+        if len(donor_arr) != n:
+            raise ValueError(f"donors has {len(donor_arr)} entries but there are {n} crops")
+        train_donors, code = np.unique(donor_arr[train_idx], return_inverse=True)
+        donor_code = np.full(n, -1, np.int64)
+        donor_code[train_idx] = code
+        donor_class = np.zeros(len(train_donors), np.int64)
+        donor_class[code] = y[train_idx]
+        # (n_classes, n_donors): which donors a cell of each class is told apart from
+        donor_allowed = torch.from_numpy(donor_class[None, :] == np.arange(len(classes))[:, None])
+        donor_allowed = donor_allowed.to(device)
+        donor_code = torch.from_numpy(donor_code)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 3)
+            adversary = nn.Linear(model.embed_dim, len(train_donors))
+    module = _TrainModule(model, head, adversary).to(device)
     module.train()
     key_module = None
     if contrastive:
-        key_module = copy.deepcopy(module).to(device)
+        key_module = copy.deepcopy(_TrainModule(model, head)).to(device)
         for p in key_module.parameters():
             p.requires_grad_(False)
     queue = torch.zeros(cfg.queue_size, cfg.proj_dim, device=device)
@@ -508,6 +550,7 @@ def train_encoder(crops, labels, *, donors=None, split=None, split_mode: str = "
     best_val, best_epoch, bad_epochs = -1.0, 0, 0
     best_state: dict[str, torch.Tensor] | None = None
     start_epoch, step = 1, 0
+    resumed_rng: dict[str, torch.Tensor] = {}
     out_dir = Path(out_dir) if out_dir is not None else None
     run_meta = {"config": cfg.model_dump(mode="json"), "encoder": model.config(),
                 "classes": classes.tolist(), "n_train": int(len(train_idx)),
@@ -542,6 +585,7 @@ def train_encoder(crops, labels, *, donors=None, split=None, split_mode: str = "
             queue_labels.copy_(tensors["queue_labels"].to(device))
         _load_optimizer(opt, tensors, meta["optimizer"])
         aug_gen.set_state(tensors["aug_generator"])
+        resumed_rng = {k: tensors[k] for k in ("torch_rng", "cuda_rng") if k in tensors}
         best = _unprefixed("best", tensors)
         best_state = best or None
         history = meta["history"]
@@ -573,6 +617,9 @@ def train_encoder(crops, labels, *, donors=None, split=None, split_mode: str = "
         opt_tensors, opt_meta = _optimizer_tensors(opt)
         tensors.update(opt_tensors)
         tensors["aug_generator"] = aug_gen.get_state()
+        tensors["torch_rng"] = torch.get_rng_state()
+        if device.type == "cuda":
+            tensors["cuda_rng"] = torch.cuda.get_rng_state(device)
         if best_state is not None:
             tensors.update(_prefixed("best", best_state))
         meta = {"format": STATE_FORMAT, "format_version": STATE_VERSION, "run": run_meta,
@@ -586,6 +633,20 @@ def train_encoder(crops, labels, *, donors=None, split=None, split_mode: str = "
                      metadata={"tensors_sha256": tensors_sha256(tensors), "state": text})
         atomic_write_text(out_dir / "last.json", text)
 
+    # Layers that draw random numbers in training (dropout) use the global generators:
+    # seed them for this run (saved with the state, so resume continues the same stream)
+    # and give the caller's generators back afterwards.
+    rng_scope = contextlib.ExitStack()
+    rng_scope.enter_context(torch.random.fork_rng(
+        devices=[device.index or 0] if device.type == "cuda" else []))
+    torch.default_generator.manual_seed(cfg.seed + 4)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(cfg.seed + 4)
+    if "torch_rng" in resumed_rng:
+        torch.set_rng_state(resumed_rng["torch_rng"])
+    if "cuda_rng" in resumed_rng and device.type == "cuda":
+        torch.cuda.set_rng_state(resumed_rng["cuda_rng"], device)
     y_t = torch.from_numpy(y)
     stopped_early = False
     if history and cfg.patience is not None and bad_epochs >= cfg.patience:
@@ -612,20 +673,27 @@ def train_encoder(crops, labels, *, donors=None, split=None, split_mode: str = "
                 offset = dist_info.rank * local_bs
                 for group in opt.param_groups:
                     group["lr"] = lr_at(step)
+                # DANN schedule: the reversed gradient grows from 0 to donor_adversary
+                progress_frac = step / max(1, total_steps)
+                reverse = cfg.donor_adversary * (2 / (1 + math.exp(-10 * progress_frac)) - 1)
+                adv_logits = None
                 if not contrastive:
                     v = augment(x, cfg.augment, aug_gen, n_total=cfg.batch_size, offset=offset)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                        logits = train_module(v)
+                        logits = train_module(v, reverse)
+                    if adversary is not None:
+                        logits, adv_logits = logits
                     loss = F.cross_entropy(logits.float(), yb)
                 else:
                     v1 = augment(x, cfg.augment, aug_gen, n_total=cfg.batch_size, offset=offset)
                     v2 = augment(x, cfg.augment, aug_gen, n_total=cfg.batch_size, offset=offset)
                     with torch.no_grad():
                         m = cfg.momentum
-                        for pk, pq in zip(key_module.parameters(), module.parameters(),
+                        query = nn.ModuleList([module.encoder, module.head])
+                        for pk, pq in zip(key_module.parameters(), query.parameters(),
                                           strict=True):
                             pk.mul_(m).add_(pq.detach(), alpha=1 - m)
-                        for bk, bq in zip(key_module.buffers(), module.buffers(), strict=True):
+                        for bk, bq in zip(key_module.buffers(), query.buffers(), strict=True):
                             bk.copy_(bq)
                         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                             k = key_module(v2)
@@ -633,7 +701,9 @@ def train_encoder(crops, labels, *, donors=None, split=None, split_mode: str = "
                         k_all = _gather(k, dist_info)
                         y_all = _gather(yb, dist_info)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                        q = train_module(v1)
+                        q = train_module(v1, reverse)
+                    if adversary is not None:
+                        q, adv_logits = q
                     q = q.float()
                     pool = torch.cat([k_all, queue[:queue_filled]])
                     logits = q @ pool.T / cfg.temperature
@@ -646,6 +716,10 @@ def train_encoder(crops, labels, *, donors=None, split=None, split_mode: str = "
                         pos[torch.arange(len(q), device=device), own] = 1.0
                     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
                     loss = -((pos * log_prob).sum(1) / pos.sum(1)).mean()
+                if adv_logits is not None:
+                    # donor among the training donors of the cell's own class
+                    adv = adv_logits.float().masked_fill(~donor_allowed[yb], float("-inf"))
+                    loss = loss + F.cross_entropy(adv, donor_code[b_local].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip is not None:
@@ -706,6 +780,7 @@ def train_encoder(crops, labels, *, donors=None, split=None, split_mode: str = "
                 break
     finally:
         bar.close()
+        rng_scope.close()
 
     if best_state is not None:
         model.load_state_dict(best_state)

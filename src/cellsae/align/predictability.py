@@ -44,6 +44,33 @@ def _cv_r2(x: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarra
     return np.where(ss_tot > 0, r2, np.nan)
 
 
+def _pooled_pvalues(r2: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """Pooled p-values from leave-one-out standardised R² (see ``gene_predictability``).
+
+    ``r2 : (n_genes,)``, ``null : (n_draws, n_genes)``. The observed value is
+    standardised by the null draws' mean and SD; each null draw by the mean and SD of the
+    other draws and the observed value (same number of values), so that under the null
+    all ``n_draws + 1`` standardised values of a gene are exchangeable. Standardising the
+    draws in-sample instead shrinks their spread and makes the test anti-conservative.
+    """
+    allv = np.vstack([null, r2[None, :]])                 # (B + 1, G); last row observed
+    b = allv.shape[0] - 1
+    s1 = np.nansum(allv, 0)
+    s2 = np.nansum(allv**2, 0)
+    mean_o = (s1[None, :] - allv) / b
+    var_o = np.maximum((s2[None, :] - allv**2) / b - mean_o**2, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (allv - mean_o) / np.sqrt(var_o)
+    z_obs, z_null = z[-1], z[:-1].ravel()
+    z_null = np.sort(z_null[np.isfinite(z_null)])
+    if z_null.size == 0:
+        return np.ones_like(r2)
+    above = z_null.size - np.searchsorted(z_null, np.nan_to_num(z_obs, nan=np.inf,
+                                                                posinf=np.inf), side="left")
+    # a gene whose null has no spread but whose R² beats it gets z = +inf: smallest p
+    return (1 + above) / (1 + z_null.size)
+
+
 def gene_predictability(image_rep, imputed, *, gene_names=None, n_splits: int = 5,
                         n_permutations: int = 50, fdr: float = 0.05, seed=0,
                         groups=None, null_imputations=None, pvalues: str = "pooled"):
@@ -105,6 +132,8 @@ def gene_predictability(image_rep, imputed, *, gene_names=None, n_splits: int = 
         raise ValueError(f"need at least {2 * n_splits} cells for {n_splits}-fold CV, got {n}")
     if n_permutations < 1:
         raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
+    if pvalues not in ("pooled", "empirical"):
+        raise ValueError(f"pvalues must be 'pooled' or 'empirical', got {pvalues!r}")
     genes = np.asarray(gene_names if gene_names is not None else
                        [f"gene{i}" for i in range(y.shape[1])]).astype(str)
     if genes.shape[0] != y.shape[1]:
@@ -133,20 +162,7 @@ def gene_predictability(image_rep, imputed, *, gene_names=None, n_splits: int = 
     if pvalues == "empirical":
         pvalue = (1 + (null_ok >= r2[None, :]).sum(0)) / (1 + n_permutations)
     elif pvalues == "pooled":
-        # standardise each gene's null by its own mean and SD, then pool the shapes of
-        # all genes' nulls: p-values resolve down to 1 / (n_permutations * n_genes)
-        mu = np.nanmean(null, 0)
-        sd = np.nanstd(null, 0)
-        sd = np.where(sd > 0, sd, np.nan)
-        z_obs = (r2 - mu) / sd
-        z_null = ((null - mu) / sd).ravel()
-        z_null = np.sort(z_null[np.isfinite(z_null)])
-        if z_null.size == 0:
-            pvalue = np.ones_like(r2)
-        else:
-            above = z_null.size - np.searchsorted(z_null, np.nan_to_num(z_obs, nan=np.inf),
-                                                  side="left")
-            pvalue = (1 + above) / (1 + z_null.size)
+        pvalue = _pooled_pvalues(r2, null)
     else:
         raise ValueError(f"pvalues must be 'pooled' or 'empirical', got {pvalues!r}")
     pvalue = np.where(np.isnan(r2), 1.0, pvalue)

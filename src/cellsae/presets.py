@@ -14,7 +14,9 @@ CODE.md) as options of the existing stages — there is no second pipeline:
   τ 0.07), rot90-only augmentation, SGD 0.1 Nesterov, 100 epochs, batch 512, on a random
   50 / 16.7 / 33.3 % split of units (the paper's; ``embed.split_mode`` changes it);
 - sae: the ``paper`` preset of :mod:`cellsae.sae` (gated, tied gate/magnitude weights,
-  λ 800 averaged over 8192 latents, AuxK, unit-norm inputs);
+  λ 800 averaged over 8192 latents, AuxK, unit-norm inputs) trained on every spatial token
+  of the last stage's 64 × 64 map (``embed.tokens``, ``sae.input: tokens``), token codes
+  mean-pooled per unit;
 - analyze: ``preset: paper`` (:func:`cellsae.tl.paper.paper_analysis`) with neighbours
   k 5 and Leiden 0.45 for the latent graph.
 
@@ -90,8 +92,19 @@ PRESETS: dict[str, dict[str, Any]] = {
             "train": PAPER_TRAIN,
             "split_mode": "random",
             "split_fractions": [0.5, 1 / 6, 1 / 3],
+            # the SAE trains on every spatial token of the last stage (the paper's stage5_out)
+            "tokens": True,
+            "token_layer": "stage4",
         },
-        "sae": {"preset": "paper", "arch": "gated", "d_sae": 8192, "k": None, "n_epochs": 8},
+        "sae": {
+            "preset": "paper",
+            "arch": "gated",
+            "d_sae": 8192,
+            "k": None,
+            "n_epochs": 8,
+            "input": "tokens",
+            "pool": "mean",
+        },
         "analyze": {"preset": "paper", "n_neighbors": 5, "leiden_resolution": 0.45, "knn_k": 5},
     },
 }

@@ -34,9 +34,54 @@ logger = logging.getLogger(__name__)
 __all__ = ["landmark_gw", "quantize"]
 
 
-def quantize(x: np.ndarray, n_landmarks: int, *, n_assign: int = 3, weights=None,
-             seed=0, max_iter: int = 30) -> tuple[np.ndarray, sparse.csr_matrix, np.ndarray]:
+def _nearest(x, centers, k: int, block: int = 8192):
+    """Squared distances and indices of the ``k`` nearest ``centers`` of every row of ``x``.
+
+    Torch, in row blocks: memory O(block * r).
+    """
+    import torch
+
+    cn = (centers * centers).sum(1)[None, :]
+    dists, idx = [], []
+    for s in range(0, x.shape[0], block):
+        xb = x[s : s + block]
+        d = torch.addmm(cn, xb, centers.T, alpha=-2)  # |c|² - 2 x·c: one fused pass
+        if k == 1:
+            v, i = d.min(1, keepdim=True)
+        else:
+            v, i = torch.topk(d, k, dim=1, largest=False)
+        dists.append((v + (xb * xb).sum(1, keepdim=True)).clamp_(min=0))
+        idx.append(i)
+    return torch.cat(dists), torch.cat(idx)
+
+
+def _kmeanspp(x: np.ndarray, r: int, rng, w: np.ndarray) -> np.ndarray:
+    """Weighted k-means++ seeding: D² sampling with probability ∝ w · D², O(r · n · d)."""
+    n = x.shape[0]
+    idx = np.empty(r, dtype=np.int64)
+    idx[0] = min(int(np.searchsorted(np.cumsum(w), rng.random() * w.sum())), n - 1)
+    d2 = ((x - x[idx[0]]) ** 2).sum(1)
+    for k in range(1, r):
+        score = np.cumsum(w * d2)
+        total = score[-1]
+        idx[k] = (
+            min(int(np.searchsorted(score, rng.random() * total)), n - 1)
+            if total > 0
+            else rng.integers(n)
+        )
+        np.minimum(d2, ((x - x[idx[k]]) ** 2).sum(1), out=d2)
+    return x[idx]
+
+
+def quantize(
+    x: np.ndarray, n_landmarks: int, *, n_assign: int = 3, weights=None, seed=0, max_iter: int = 10
+) -> tuple[np.ndarray, sparse.csr_matrix, np.ndarray]:
     """k-means anchors and a soft assignment of every cell to its nearest anchors.
+
+    Weighted k-means: k-means++ seeding (D² sampling, one candidate per step) on a weighted
+    subsample of ``max(10 r, 20000)`` cells, then ``max_iter`` Lloyd iterations over all
+    cells in torch (row blocks; O(n · r · d) time per iteration, O(n + r · d) memory).
+    100k cells into 2000 anchors take seconds rather than minutes of mini-batch k-means.
 
     Parameters
     ----------
@@ -47,6 +92,10 @@ def quantize(x: np.ndarray, n_landmarks: int, *, n_assign: int = 3, weights=None
         Anchors per cell in the soft assignment (1 = hard quantisation).
     weights : (n_cells,) array, optional
         Cell weights summing to one (uniform by default).
+    seed : int or numpy Generator
+    max_iter : int
+        Lloyd iterations after seeding (stops early when fewer than 0.1 % of the cells
+        change anchor).
 
     Returns
     -------
@@ -54,8 +103,7 @@ def quantize(x: np.ndarray, n_landmarks: int, *, n_assign: int = 3, weights=None
     assign : (n_cells, r) CSR matrix, rows sum to one
     anchor_mass : (r,) array, ``assignᵀ weights`` (sums to one)
     """
-    from sklearn.cluster import MiniBatchKMeans
-    from sklearn.neighbors import NearestNeighbors
+    import torch
 
     x = check_representation(x)
     n = x.shape[0]
@@ -64,16 +112,37 @@ def quantize(x: np.ndarray, n_landmarks: int, *, n_assign: int = 3, weights=None
     if r < 2:
         raise ValueError(f"n_landmarks must be >= 2, got {n_landmarks}")
     rng = as_rng(seed)
+    xt = torch.as_tensor(x, dtype=torch.float32)
     if r == n:
-        centers = x.copy()
+        centers = xt.clone()
     else:
-        km = MiniBatchKMeans(n_clusters=r, batch_size=max(4096, 3 * r), n_init=1,
-                             max_iter=max_iter, random_state=int(rng.integers(2**31 - 1)),
-                             init="k-means++", init_size=min(n, max(3 * r, 10000)))
-        km.fit(x, sample_weight=w * n)
-        centers = km.cluster_centers_
+        n_sub = int(min(n, max(10 * r, 20000)))
+        if n_sub < n:  # a weighted subsample, then uniform weights within it
+            sub = rng.choice(n, n_sub, replace=False, p=w)
+            seeds = _kmeanspp(x[sub], r, rng, np.ones(n_sub))
+        else:
+            seeds = _kmeanspp(x, r, rng, w)
+        centers = torch.as_tensor(seeds, dtype=torch.float32)
+        labels = None
+        for _ in range(int(max_iter)):
+            _, idx = _nearest(xt, centers, 1)
+            new = idx[:, 0]
+            if labels is not None and int((new != labels).sum()) <= n // 1000:
+                break  # fewer than 0.1 % of the cells changed anchor
+            labels = new
+            lab = labels.numpy()
+            onehot = sparse.csr_matrix((w, (lab, np.arange(n))), shape=(r, n))
+            mass = np.asarray(onehot.sum(1)).ravel()
+            sums = onehot @ x
+            keep = mass > 0  # an anchor that lost all its cells stays where it was
+            centers[torch.as_tensor(keep)] = torch.as_tensor(
+                sums[keep] / mass[keep, None], dtype=torch.float32
+            )
     s = int(min(max(n_assign, 1), r))
-    dist, idx = NearestNeighbors(n_neighbors=s).fit(centers).kneighbors(x)
+    d2, idx = _nearest(xt, centers, s)
+    dist = d2.double().sqrt().numpy()
+    idx = idx.numpy()
+    centers = centers.double().numpy()
     if s == 1:
         vals = np.ones_like(dist)
     else:
@@ -82,8 +151,9 @@ def quantize(x: np.ndarray, n_landmarks: int, *, n_assign: int = 3, weights=None
         bw = np.maximum(dist[:, :1], np.median(dist[:, :1]) + 1e-12)
         vals = np.exp(-((dist**2 - dist[:, :1] ** 2) / (2 * bw**2)))
         vals /= vals.sum(1, keepdims=True)
-    assign = sparse.csr_matrix((vals.ravel(), idx.ravel(), np.arange(0, n * s + 1, s)),
-                               shape=(n, r))
+    assign = sparse.csr_matrix(
+        (vals.ravel(), idx.ravel(), np.arange(0, n * s + 1, s)), shape=(n, r)
+    )
     mass = np.asarray(assign.T @ w).ravel()
     keep = mass > 0
     if not keep.all():
@@ -145,22 +215,38 @@ def landmark_gw(
     t_quant = time.perf_counter() - t0
     C1, info1 = pairwise_cost(cx, cost, **cost_kwargs)
     C2, info2 = pairwise_cost(cy, cost, **cost_kwargs)
-    anchor = entropic_gw(C1, C2, wx, wy, epsilon=epsilon, device=device, seed=seed,
-                         **solver_kwargs)
+    anchor = entropic_gw(C1, C2, wx, wy, epsilon=epsilon, device=device, seed=seed, **solver_kwargs)
     pw = check_weights(p, x.shape[0], "p")
     qw = check_weights(q, y.shape[0], "q")
     left = sparse.diags(pw) @ ax @ sparse.diags(1.0 / wx)
     right = sparse.diags(qw) @ ay @ sparse.diags(1.0 / wy)
     core = np.asarray(anchor.coupling, dtype=np.float64)
     coupling = FactorizedCoupling(left=left.tocsr(), core=core, right=right.tocsr())
-    params = {"solver": "landmark_gw", "n_landmarks": int(n_landmarks),
-              "n_anchors_source": int(len(wx)), "n_anchors_target": int(len(wy)),
-              "n_assign": n_assign, "cost": cost, "cost_kwargs": cost_kwargs,
-              "cost_info_source": info1.to_dict(), "cost_info_target": info2.to_dict(),
-              "epsilon": epsilon, "seed": seed, "anchor_objective": anchor.objective,
-              "anchor_params": anchor.params, "seconds_quantize": t_quant,
-              "seconds": time.perf_counter() - t0, "n_source": x.shape[0],
-              "n_target": y.shape[0]}
+    params = {
+        "solver": "landmark_gw",
+        "n_landmarks": int(n_landmarks),
+        "n_anchors_source": int(len(wx)),
+        "n_anchors_target": int(len(wy)),
+        "n_assign": n_assign,
+        "cost": cost,
+        "cost_kwargs": cost_kwargs,
+        "cost_info_source": info1.to_dict(),
+        "cost_info_target": info2.to_dict(),
+        "epsilon": epsilon,
+        "seed": seed,
+        "anchor_objective": anchor.objective,
+        "anchor_params": anchor.params,
+        "seconds_quantize": t_quant,
+        "seconds": time.perf_counter() - t0,
+        "n_source": x.shape[0],
+        "n_target": y.shape[0],
+    }
     warns = list(anchor.warnings) + info1.warnings + info2.warnings
-    return GWResult(coupling=coupling, objective=anchor.objective, converged=anchor.converged,
-                    params=params, history=anchor.history, warnings=warns)
+    return GWResult(
+        coupling=coupling,
+        objective=anchor.objective,
+        converged=anchor.converged,
+        params=params,
+        history=anchor.history,
+        warnings=warns,
+    )

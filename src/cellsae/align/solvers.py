@@ -512,25 +512,31 @@ def _entropic_gw(
         loss = float(a @ tp + b @ tq) - 2 * xt
         if Mt is not None:
             loss = alpha * loss + (1 - alpha) * float(torch.dot(Mt.reshape(-1), T.reshape(-1)))
-        # log-kernel (f ⊕ g - G) / eps with G = alpha * 2 (a ⊕ b - 2 X) + (1 - alpha) M
-        out = build(Z, 4 * alpha / eps, (f - 2 * alpha * a) / eps, (g - 2 * alpha * b) / eps)
-        if Mt is not None:
-            out.add_(Mt, alpha=-(1 - alpha) / eps)
-        T_new, f, g, inner, marg_err, used_log = _sinkhorn_inplace(
-            out,
-            f,
-            g,
-            logp,
-            logq,
-            pt,
-            qt,
-            eps,
-            tau_source,
-            tau_target,
-            inner_max_iter,
-            inner_tol,
-            overrelaxation,
-        )
+
+        def log_kernel(build, a=a, b=b, Z=Z, eps=eps, f=f, g=g):
+            # (f ⊕ g - G) / eps with G = alpha * 2 (a ⊕ b - 2 X) + (1 - alpha) M, into Z
+            out = build(Z, 4 * alpha / eps, (f - 2 * alpha * a) / eps, (g - 2 * alpha * b) / eps)
+            if Mt is not None:
+                out.add_(Mt, alpha=-(1 - alpha) / eps)
+            return out
+
+        args = (f, g, logp, logq, pt, qt, eps, tau_source, tau_target, inner_max_iter, inner_tol)
+        solved = _sinkhorn_inplace(log_kernel(build), *args, overrelaxation)
+        if solved is None:
+            # the scaling kernel underflowed: rebuild the log-kernel, solve in log domain
+            solved = _sinkhorn_log(
+                log_kernel(cross_terms(T, exact, Z)[1]),
+                f,
+                g,
+                logp,
+                logq,
+                eps,
+                tau_source,
+                tau_target,
+                inner_max_iter,
+                inner_tol,
+            )
+        T_new, f, g, inner, marg_err, used_log = solved
         n_log += used_log
         mass_new = float(T_new.sum())  # T >= 0: NaN or Inf anywhere shows in the sum
         if not math.isfinite(mass_new) or mass_new <= 0:
@@ -670,7 +676,9 @@ def _sinkhorn_inplace(Z, f, g, logp, logq, p, q, eps, tau_a, tau_b, max_iter, to
     the log domain. Then plain scaling iterations run on the kernel and are absorbed back
     into the potentials.
 
-    Returns ``(T, f, g, inner_iterations, marginal_error, used_log_domain)``.
+    Returns ``(T, f, g, inner_iterations, marginal_error, used_log_domain)``, or None when
+    the scaling iterations underflowed (``Z`` is then spent: rebuild it and call
+    ``_sinkhorn_log``).
     """
     import torch
 
@@ -729,9 +737,7 @@ def _sinkhorn_inplace(Z, f, g, logp, logq, p, q, eps, tau_a, tau_b, max_iter, to
         (u > 0).all() and (v > 0).all()
     )
     if not ok:
-        # the kernel underflowed somewhere: rebuild the log-kernel and stay in log domain
-        Z.log_()
-        return _sinkhorn_log(Z, f, g, logp, logq, eps, tau_a, tau_b, max_iter, tol)
+        return None  # the kernel underflowed somewhere: the caller goes to the log domain
     f = f + eps * torch.log(u)
     g = g + eps * torch.log(v)
     K.mul_(u[:, None]).mul_(v[None, :])

@@ -42,6 +42,40 @@ def _crop_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (rows, c, h, w)
 
 
+def _not_utf8(values) -> str | None:
+    for value in values:
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return value
+    return None
+
+
+def check_obs(obs: pd.DataFrame) -> None:
+    """Refuse cell tables that cannot be stored faithfully: duplicated cell names (rows
+    of later stages would be ambiguous) and text that is not valid UTF-8 (HDF5 stores
+    UTF-8; such names usually come from file names in another encoding)."""
+    index = pd.Index(obs.index.astype(str))
+    if not index.is_unique:
+        dups = index[index.duplicated()].unique()
+        raise ValueError(f"cell names (obs index) must be unique: {len(dups)} are duplicated, "
+                         f"e.g. {list(dups[:3])}; call adata.obs_names_make_unique() or build "
+                         "names from plate, well, field and cell label")
+    bad = _not_utf8(index)
+    if bad is not None:
+        raise ValueError(f"cell name {bad!r} is not valid UTF-8 text; rename it (e.g. "
+                         "decode file names with the encoding they were written in)")
+    for col in obs.columns:
+        if obs[col].dtype == object or isinstance(obs[col].dtype, pd.CategoricalDtype):
+            values = obs[col].cat.categories if isinstance(obs[col].dtype,
+                                                           pd.CategoricalDtype) else obs[col]
+            bad = _not_utf8(pd.unique(np.asarray(values, dtype=object)))
+            if bad is not None:
+                raise ValueError(f"obs column {col!r} holds {bad!r}, which is not valid UTF-8 "
+                                 "text; fix its encoding before writing")
+
+
 class H5scWriter:
     """Stream crops into a new ``.h5sc`` file, chunk by chunk.
 
@@ -67,6 +101,7 @@ class H5scWriter:
         if len(set(self.channel_names)) != len(self.channel_names):
             raise ValueError(f"channel names must be unique, got {self.channel_names}")
         self.crop_size = int(crop_size)
+        check_obs(obs)
         self._ctx = atomic_path(self.path, suffix=".h5sc")
         self._tmp = self._ctx.__enter__()
         self._filled = 0

@@ -381,9 +381,18 @@ class TokenStore:
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
+    def _rows(self, array, lo: int, hi: int) -> np.ndarray:
+        try:
+            return np.asarray(array[lo:hi])
+        except (OSError, RuntimeError, ValueError) as err:  # codec / truncated chunk errors
+            raise ValueError(f"token store '{self.path}': rows {lo}..{hi - 1} of "
+                             f"'{array.basename}' cannot be read ({type(err).__name__}: {err}); "
+                             "the store is corrupt: extract the tokens again") from None
+
     def cell_tokens(self, i: int) -> np.ndarray:
         """Tokens of cell ``i``: (tokens_per_cell, d) float32."""
-        return np.asarray(self.tokens[self.offsets[i]:self.offsets[i + 1]], np.float32)
+        return self._rows(self.tokens, int(self.offsets[i]), int(self.offsets[i + 1])).astype(
+            np.float32)
 
     def cell_maps(self, cells) -> np.ndarray:
         """Token maps of several cells: (n, d, gh, gw) float32."""
@@ -431,11 +440,11 @@ class TokenStore:
 
         for k, ci in enumerate(order, start=1):
             lo, hi = int(ci) * chunk, min(len(self), (int(ci) + 1) * chunk)
-            c = np.asarray(self.cell_index[lo:hi])
+            c = self._rows(self.cell_index, lo, hi)
             sel = slice(None) if keep is None else keep[c]
             if keep is not None and not sel.any():
                 continue
-            buf_t.append(np.asarray(self.tokens[lo:hi], np.float32)[sel])
+            buf_t.append(self._rows(self.tokens, lo, hi).astype(np.float32)[sel])
             buf_c.append(c[sel])
             if k % buffer_chunks == 0:
                 yield from drain(False)

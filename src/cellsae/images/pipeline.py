@@ -368,6 +368,13 @@ def ingest(
     # output is written.
     per_plate = []
     for plate in plates:
+        try:
+            plate.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"plate folder name {plate.name!r} is not valid UTF-8 (written in another "
+                "encoding?); rename the folder: plate names are stored as text in the output"
+            ) from None
         available = plate.channels if plate.per_plane else None
         if plate.per_plane:
             cmap = parse_channel_map(cfg.channels, available)
@@ -435,77 +442,91 @@ def ingest(
                 )
             shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+    try:
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
 
-    records: list[dict] = []
-    tasks: list[dict] = []
-    for plate, ids, names, fields, unmapped in per_plate:
-        plate_parts = parts / plate.name
-        plate_parts.mkdir(exist_ok=True)
-        cal_path = plate_parts / "calibration.npz"
-        area_path = plate_parts / "typical_area.json"
-        if cal_path.exists() and area_path.exists():
-            typical_area = json.loads(area_path.read_text())["typical_area"]
-        else:
-            mapped = [f for f in fields if f[0] not in unmapped] or fields
-            typical_area, _ = _calibrate(plate, mapped, ids, names, cfg, cal_path)
-            atomic_write_text(area_path, json.dumps({"typical_area": typical_area}))
-        field_rows = (
-            plate.files.groupby(["well", "field"]).indices
-            if isinstance(plate, PlateSource)
-            else None
-        )
-        for well, field in fields:
-            if well in unmapped:
-                records.append(
+        records: list[dict] = []
+        tasks: list[dict] = []
+        for plate, ids, names, fields, unmapped in per_plate:
+            plate_parts = parts / plate.name
+            plate_parts.mkdir(exist_ok=True)
+            cal_path = plate_parts / "calibration.npz"
+            area_path = plate_parts / "typical_area.json"
+            if cal_path.exists() and area_path.exists():
+                typical_area = json.loads(area_path.read_text())["typical_area"]
+            else:
+                mapped = [f for f in fields if f[0] not in unmapped] or fields
+                typical_area, _ = _calibrate(plate, mapped, ids, names, cfg, cal_path)
+                atomic_write_text(area_path, json.dumps({"typical_area": typical_area}))
+            field_rows = (
+                plate.files.groupby(["well", "field"]).indices
+                if isinstance(plate, PlateSource)
+                else None
+            )
+            for well, field in fields:
+                if well in unmapped:
+                    records.append(
+                        {
+                            "plate": plate.name,
+                            "well": well,
+                            "field": field,
+                            "status": "skipped",
+                            "n_cells": 0,
+                            "reason": f"well {well} is not in the plate map",
+                        }
+                    )
+                    continue
+                part = plate_parts / _part_name(well, field)
+                if part.exists():
+                    try:
+                        records.append(_read_part_record(part))
+                        continue
+                    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+                        logger.warning("part file '%s' is unreadable or corrupt (%s); redoing that "
+                                       "field", part, err)
+                        part.unlink()
+                files = planes = None
+                if field_rows is not None:
+                    files = plate.files.iloc[field_rows[(well, field)]].to_dict("records")
+                    planes = plate.planes
+                tasks.append(
                     {
+                        "folder": str(plate.folder),
                         "plate": plate.name,
                         "well": well,
+                        "files": files,
+                        "planes": planes,
                         "field": field,
-                        "status": "skipped",
-                        "n_cells": 0,
-                        "reason": f"well {well} is not in the plate map",
+                        "channel_ids": ids,
+                        "channel_names": names,
+                        "calibration": str(cal_path),
+                        "config": cfg.model_dump(),
+                        "typical_area": typical_area,
+                        "part": str(part),
                     }
                 )
-                continue
-            part = plate_parts / _part_name(well, field)
-            if part.exists():
-                try:
-                    records.append(_read_part_record(part))
-                    continue
-                except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-                    logger.warning("part file '%s' is unreadable or corrupt (%s); redoing that "
-                                   "field", part, err)
-                    part.unlink()
-            files = planes = None
-            if field_rows is not None:
-                files = plate.files.iloc[field_rows[(well, field)]].to_dict("records")
-                planes = plate.planes
-            tasks.append(
-                {
-                    "folder": str(plate.folder),
-                    "plate": plate.name,
-                    "well": well,
-                    "files": files,
-                    "planes": planes,
-                    "field": field,
-                    "channel_ids": ids,
-                    "channel_names": names,
-                    "calibration": str(cal_path),
-                    "config": cfg.model_dump(),
-                    "typical_area": typical_area,
-                    "part": str(part),
-                }
-            )
-    n_done = sum(r["status"] != "skipped" for r in records)
-    if n_done:
-        logger.info("resuming: %d field(s) already finished, %d to do", n_done, len(tasks))
-    records += _run_tasks(tasks, cfg.n_workers, dask=cfg.dask, dask_processes=cfg.dask_processes)
+        n_done = sum(r["status"] != "skipped" for r in records)
+        if n_done:
+            logger.info("resuming: %d field(s) already finished, %d to do", n_done, len(tasks))
+        records += _run_tasks(tasks, cfg.n_workers, dask=cfg.dask, dask_processes=cfg.dask_processes)
 
-    result = _assemble(out, parts, per_plate, records, table, cfg, channel_names)
+        result = _assemble(out, parts, per_plate, records, table, cfg, channel_names)
+    except Exception:
+        # an error that finished no field leaves nothing behind; an interrupted run
+        # (Ctrl-C, kill) keeps its calibration and finished fields to resume from
+        if not any(parts.glob("*/*_f[0-9]*.npz")):
+            shutil.rmtree(parts, ignore_errors=True)
+        raise
     if not keep_parts:
         shutil.rmtree(parts, ignore_errors=True)
     return result
+
+
+def _as_utf8(text: str) -> str:
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _read_part_record(part: Path) -> dict:
@@ -658,7 +679,8 @@ def _assemble(
     qc_table = qc.copy()
     for col in qc_table.columns:
         if qc_table[col].dtype == object:
-            qc_table[col] = qc_table[col].fillna("").astype(str)
+            # reasons quote file names, which may not be UTF-8: keep their bytes as \xNN
+            qc_table[col] = qc_table[col].fillna("").astype(str).map(_as_utf8)
     uns["qc"] = qc_table
 
     names = channel_names + (["mask"] if cfg.mask_channel else [])

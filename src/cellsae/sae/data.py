@@ -49,11 +49,27 @@ class ArraySource:
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` as a C-contiguous float32 array."""
-        block = np.ascontiguousarray(self.array[start:stop], dtype=np.float32)
+        try:
+            block = np.ascontiguousarray(self.array[start:stop], dtype=np.float32)
+        except (OSError, RuntimeError, ValueError) as err:  # codec, I/O or truncation errors
+            raise ValueError(f"{self.name}: rows {start}..{stop - 1} cannot be read "
+                             f"({type(err).__name__}: {err}); the file or store is truncated "
+                             "or corrupt: re-create it") from None
         return block if block.flags.writeable else block.copy()
 
     def check_block(self, block: np.ndarray, offset: int) -> None:
-        """Raise a ValueError naming the first row (global index) with NaN or Inf."""
+        """Raise a ValueError naming the first row (global index) with NaN or Inf, or
+        with values so large that float32 arithmetic on them overflows."""
+        if block.size:
+            # centring and norms add and square values: beyond this they overflow float32
+            limit = np.finfo(np.float32).max / (4.0 * np.sqrt(block.shape[1]))
+            big = np.abs(block).max(1) > limit
+            if big.any() and np.isfinite(block[big]).all():
+                row = offset + int(np.flatnonzero(big)[0])
+                raise ValueError(
+                    f"{self.name} has values above {limit:.3g} in absolute value (first: row "
+                    f"{row}); float32 arithmetic on them overflows. Rescale the data (e.g. "
+                    "divide by its standard deviation) before training or encoding")
         if not np.isfinite(block).all():
             bad = np.flatnonzero(~np.isfinite(block).all(1))
             raise ValueError(
@@ -100,13 +116,25 @@ def _open_path(path: Path, key: str | None) -> ArraySource:
         raise FileNotFoundError(f"input data not found: '{path}'")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return ArraySource(np.load(path, mmap_mode="r"), name=str(path))
+        try:  # allow_pickle stays False: an object array from elsewhere is refused
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise ValueError(f"'{path}' is not a readable .npy array ({err}); it may be "
+                             "truncated, corrupt or hold Python objects, which are not "
+                             "loaded for safety. Save a numeric array with numpy.save") from None
+        return ArraySource(array, name=str(path))
     if suffix == ".zarr" or path.is_dir():
         import zarr
 
-        node = zarr.open(str(path), mode="r")
-        if key is not None:
-            node = node[key]
+        try:
+            node = zarr.open(str(path), mode="r")
+            if key is not None:
+                node = node[key]
+        except KeyError:
+            raise
+        except Exception as err:  # noqa: BLE001 - zarr raises many types for a bad store
+            raise ValueError(f"'{path}' is not a readable zarr store ({type(err).__name__}: "
+                             f"{err}); it may be truncated or corrupt") from None
         if not hasattr(node, "shape"):
             raise ValueError(f"'{path}' is a zarr group; pass key= naming the array inside "
                              f"it (found: {sorted(node.keys())})")
@@ -114,7 +142,11 @@ def _open_path(path: Path, key: str | None) -> ArraySource:
     if suffix in _H5_SUFFIXES:
         import h5py
 
-        handle = h5py.File(path, "r")
+        try:
+            handle = h5py.File(path, "r")
+        except OSError as err:
+            raise ValueError(f"'{path}' is not a readable HDF5 file ({err}); it may be "
+                             "truncated or corrupt") from None
         names = [key] if key else []
         if key and suffix == ".h5ad" and "/" not in key:
             names = [f"obsm/{key}", key]

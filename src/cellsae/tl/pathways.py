@@ -145,7 +145,18 @@ def gene_modules(
     from ..pathways.selection import check_genes_present, select_genes
 
     adata = adata.copy() if copy else adata
+    if adata.n_obs < 2:
+        raise ValueError(f"gene modules need expression in at least 2 cells; the AnnData has "
+                         f"{adata.n_obs}")
+    if not adata.var_names.is_unique:
+        dups = adata.var_names[adata.var_names.duplicated()].unique()
+        raise ValueError(f"gene names must be unique: {len(dups)} are duplicated (e.g. "
+                         f"{list(dups[:3])}); call adata.var_names_make_unique() or aggregate them")
     x, normalized = _prepared(adata, layer, normalize)
+    values = x.data if sparse.issparse(x) else np.asarray(x)
+    if not np.isfinite(values).all():
+        raise ValueError("expression contains NaN or Inf; remove or impute those values "
+                         "before finding gene modules")
     var_names = adata.var_names.astype(str)
     if genes is not None:
         idx = check_genes_present(genes, var_names, what="requested genes")

@@ -105,6 +105,8 @@ def extract(
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
     num_workers: int = typer.Option(0, help="Data-loader workers reading the crops file."),
     overwrite: bool = typer.Option(False, help="Replace existing outputs."),
+    dask: str | None = typer.Option(None, help="Run blocks of cells on dask: 'local' (a LocalCluster) or a scheduler address tcp://host:8786 (workers must see the crops and --tokens at the same paths). Needs pip install 'cellsae[dask]'."),
+    dask_workers: int = typer.Option(2, help="Workers of a local dask cluster."),
 ) -> None:
     """Embed every crop with a trained encoder; optionally write a token store.
 
@@ -123,7 +125,7 @@ def extract(
     result = run_extract(encoder, crops, adata=adata, layer=layers, tokens_out=tokens,
                          tokens_layer=tokens_layer, token_pool=token_pool, key_added=key_added,
                          batch_size=batch_size, device=device, num_workers=num_workers,
-                         overwrite=overwrite)
+                         overwrite=overwrite, dask=dask, dask_workers=dask_workers)
     with atomic_path(out) as tmp:
         adata.write_h5ad(tmp)
     msg = f"{adata.n_obs} cells × {result.embeddings.shape[1]} → {out} (obsm['{key_added}'])"

@@ -84,6 +84,13 @@ def ingest(
     workers: int = typer.Option(
         2, "--workers", "-j", min=0, help="Worker processes (0 or 1: run in this process)."
     ),
+    dask: str = typer.Option(
+        None,
+        "--dask",
+        help="Process fields on dask: 'local' (a LocalCluster of --workers workers) or a "
+        "scheduler address such as tcp://host:8786 (workers must see PLATE_DIR and OUT at "
+        "the same paths). Needs pip install 'cellsae[dask]'.",
+    ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an existing OUT and stale OUT.parts/."
     ),
@@ -132,6 +139,7 @@ def ingest(
             death_threshold=death_threshold,
             segmentation_backend=backend,
             n_workers=workers,
+            dask=dask,
             unmapped_wells="error" if strict_platemap else "skip",
             seed=seed,
         )

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -121,7 +121,8 @@ class TileConfig(StrictModel):
     death_threshold: float | None = None
     min_nucleus_fraction: float = Field(0.25, ge=0, le=1)
     exclude_edge_tiles: bool = True
-    unmapped_wells: str = "skip"
+    unmapped_wells: Literal["skip", "error"] = "skip"
+    # seed: accepted with the pipeline's common settings; tiling itself is deterministic
     n_workers: int = Field(1, ge=0)
     seed: int = Field(0, ge=0)
 
@@ -680,6 +681,11 @@ def ingest_tiles(
         rows = plate.files.groupby(["well", "field"]).indices
         for well, field in plate.fields():
             if _map_row(table, plate.name, well) is None:
+                if cfg.unmapped_wells == "error":
+                    raise ValueError(
+                        f"plate '{plate.name}': well {well} has images but is not "
+                        "in the plate map; add it or use unmapped_wells='skip'"
+                    )
                 records.append(
                     {
                         "plate": plate.name,

@@ -369,6 +369,25 @@ def sae_train_enormous_values(tmp):
     sae.train(_x() * np.float32(1e37), **SAE_SMALL)
 
 
+@case(None)
+def sae_train_zero_variance_features(tmp):
+    from cellsae import sae
+
+    x = _x()
+    x[:, 4:] = 3.0  # constant features: trained around, never NaN
+    model = sae.train(x, **SAE_SMALL)
+    assert np.isfinite(model.train_info["final"]["fvu"])
+    assert np.isfinite(model.encode(x).toarray()).all()
+
+
+@case(ValueError, "no rows")
+def tl_sae_encode_empty_anndata(tmp):
+    from cellsae import sae, tl
+
+    model = sae.train(_x(), **SAE_SMALL)
+    tl.sae_encode(ad.AnnData(np.zeros((0, 8), np.float32)), model, use_rep="X")
+
+
 @case(ValueError, "not a readable .npy")
 def sae_train_truncated_npy(tmp):
     from cellsae import sae

@@ -181,3 +181,42 @@ def test_plates_have_true_positions(tmp_path):
     # the nucleus channel is bright at the true centre, dim in the background
     y, x = int(row.y), int(row.x)
     assert img[y - 2:y + 3, x - 2:x + 3].mean() > 2 * np.median(img)
+
+
+def test_cell_types_are_shared_and_unbalanced(world):
+    from cellsae.datasets.world import CELL_TYPES
+
+    cells, rna = world.cells, world.rna
+    assert list(cells.obs["cell_type"].cat.categories) == list(CELL_TYPES)
+    idx = world.truth.pairing
+    assert (cells.obs["cell_type"].to_numpy() == rna.obs["cell_type"].to_numpy()[idx]).all()
+    share = cells.obs["cell_type"].value_counts(normalize=True)
+    assert share.max() > 1.5 * share.min()  # unequal clusters: no relabelling symmetry
+    assert world.truth.cell_types == list(CELL_TYPES)
+
+
+def test_images_and_rna_share_geometry():
+    """The true visual factors and the RNA (normalise, log1p, HVGs, PCA) see the same cell
+    states: their kNN-geodesic distances agree, and death, trajectory and cell type are
+    readable from both sides (the premise of GW alignment)."""
+    from scipy.stats import spearmanr
+    from sklearn.linear_model import LogisticRegression, RidgeCV
+    from sklearn.model_selection import cross_val_score
+
+    from cellsae.align.costs import knn_geodesic_cost
+    from cellsae.tl.align import image_representation, rna_representation
+
+    w = neuron_world(400, seed=21, crop_size=32)
+    x = image_representation(w.cells, use_rep="factors", n_pcs=20)
+    y = rna_representation(w.rna, n_pcs=20)
+    cx, _ = knn_geodesic_cost(x, n_neighbors=20, metric="correlation", mode="connectivity")
+    cy, _ = knn_geodesic_cost(y, n_neighbors=20, metric="correlation", mode="connectivity")
+    iu = np.triu_indices(400, 1)
+    assert spearmanr(cx[iu], cy[iu]).statistic > 0.45
+    obs = w.cells.obs
+    for rep in (x, y):
+        assert cross_val_score(RidgeCV(), rep, obs["t"], cv=3).mean() > 0.6
+        for col in ("dead", "cell_type"):
+            acc = cross_val_score(LogisticRegression(max_iter=2000), rep,
+                                  obs[col].astype(str), cv=3).mean()
+            assert acc > 0.8, (col, acc)

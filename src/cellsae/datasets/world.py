@@ -63,11 +63,35 @@ _FACTOR_STATE = {  # factor: ({state column: loading}, bias)
 # Planted 3-level module hierarchy: 3 ⊃ 7 ⊃ 17.
 _LEVEL2_PARENTS = (0, 0, 1, 1, 2, 2, 2)
 _LEVEL3_PARENTS = (0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4, 5, 5, 6, 6, 6)
+_N_MODULES = (3, 7, 17)
 _BRANCH_POINT = 0.45
 _RENDER_BLOCK = 64
-# cell-level variation of each level's own term: finer modules vary more on their own,
-# so gene-gene correlation steps down level by level (nested blocks)
-_LEVEL_NOISE = (0.7, 0.8, 1.0)
+# Each level's own term of a program = a state-driven part (shared by every measurement of
+# the cell, so images and RNA share geometry through it) + cell-level noise (a program's
+# own fluctuation). Both parts are nested, so gene-gene correlation steps down level by
+# level; the state parts of all 27 terms are decorrelated over the state distribution, so
+# the state alone already carries the hierarchy (what a GW-imputed expression can show).
+_LEVEL_STATE = (1.1, 0.95, 0.85)
+_LEVEL_NOISE = (0.45, 0.5, 0.6)
+# Neuronal subtypes of the culture (discrete states both modalities express).
+CELL_TYPES = ("dopaminergic", "glutamatergic", "GABAergic", "immature")
+_CELL_TYPE_PROPORTIONS = (0.4, 0.27, 0.2, 0.13)
+# positions of the cell types in a shared 3-d type space (marker genes and morphology are
+# both read out of it): glutamatergic and GABAergic are close, immature cells nearest to
+# glutamatergic ones, dopaminergic far from all; no two pairs of types are equally far
+# apart, so the type layout has no mirror image
+_TYPE_EMBEDDING = np.array([[1.5, 0.0, 0.0], [0.0, 1.0, 0.3], [0.0, 0.8, -0.5],
+                            [-0.3, 0.3, 1.2]])
+# immature cells progress less; dopaminergic cells die earlier (as in Parkinson's disease)
+_TYPE_T_SCALE = (1.0, 1.0, 1.0, 0.6)
+_TYPE_DEATH_SHIFT = (-0.1, 0.0, 0.05, 0.1)
+# the trajectory, the fates and death are the strongest visual phenotypes (loadings of
+# _FACTOR_STATE are multiplied by these), as they are the strongest RNA signals
+_FACTOR_GAIN = {"t": 4.0, "b1": 4.0, "b2": 4.0, "dead": 1.3}
+# visual factors that carry the cell type (morphology and stain intensities)
+_TYPE_FACTORS = ("soma_size", "soma_intensity", "neurite_count", "neurite_branching",
+                 "neurite_thickness", "nuclear_area", "nuclear_eccentricity",
+                 "nuclear_intensity", "mito_count", "lyso_count")
 
 
 @dataclass(frozen=True)
@@ -103,6 +127,7 @@ class WorldTruth:
     pairing: np.ndarray                    # (n_cells,) RNA row of each image cell, -1 if none
     factor_loadings: np.ndarray            # (n_factors, n_programs) program → factor loadings
     params: dict = field(default_factory=dict)
+    cell_types: list[str] = field(default_factory=lambda: list(CELL_TYPES))
 
     def to_json(self) -> dict:
         return {
@@ -113,6 +138,7 @@ class WorldTruth:
             "hierarchy": self.hierarchy,
             "genotypes": self.genotypes,
             "donors": self.donors,
+            "cell_types": self.cell_types,
             "params": self.params,
         }
 
@@ -126,22 +152,46 @@ class _Structure:
     donor_genotype: np.ndarray       # (n_donors,) genotype index
     donor_effect: np.ndarray         # (n_donors, 4)
     donor_t_shift: np.ndarray        # (n_donors,)
-    level_loadings: list[np.ndarray]  # per level (n_modules, n_state + 4 donor dims)
+    term_center: np.ndarray          # (27,) trajectory position of each term's expression wave
+    term_width: np.ndarray           # (27,)
+    term_branch: np.ndarray          # (27,) 0 = both fates, 1 / 2 = that fate only
+    term_type: np.ndarray            # (27, n_types) cell-type offsets
+    term_type_gain: np.ndarray       # (27, n_types) cell-type gain of the wave
+    term_genotype: np.ndarray        # (27, 3) SNCA / LRRK2 / GBA shifts
+    term_donor: np.ndarray           # (27, 4) small donor effects
+    term_mean: np.ndarray            # (27,) centring of the raw state features
+    term_whiten: np.ndarray          # (27, 27) decorrelation of the state features
     program_names: list[str]
     level_names: list[list[str]]
     program_visible: np.ndarray
     factor_state: np.ndarray          # (n_factors, n_state)
+    factor_type: np.ndarray           # (n_factors, n_types)
     factor_bias: np.ndarray
     factor_programs: np.ndarray       # (n_factors, 17)
     gene_names: np.ndarray
     gene_module: np.ndarray           # (n_genes,) level-3 index or -1
     gene_base: np.ndarray
     gene_program_weight: np.ndarray   # (n_genes, 3) weights on level-1/2/3 activity
-    gene_state: np.ndarray            # (n_genes, n_state) t/branch/genotype effects
+    gene_state: np.ndarray            # (n_genes, n_state) t/branch/genotype/dead effects
+    gene_type: np.ndarray             # (n_genes, n_types) cell-type markers
     gene_donor: np.ndarray            # (n_genes, 4)
     plate_gain: np.ndarray            # (n_plates, 4)
     plate_offset: np.ndarray          # (n_plates, 4)
     donor_gain: np.ndarray            # (n_donors, 4)
+
+
+def _term_features(st: _Structure, t, branch, cell_type, genotype, donor) -> np.ndarray:
+    """Raw state-driven part of the 27 program terms: (n, 27), not yet decorrelated.
+
+    A term is an expression wave along the trajectory (a bump at ``term_center`` on one or
+    both fates), scaled per cell type, plus cell-type, genotype and donor offsets.
+    """
+    on = (st.term_branch[None, :] == 0) | (branch[:, None] == st.term_branch[None, :]) \
+        | (t[:, None] < _BRANCH_POINT)
+    wave = np.exp(-0.5 * ((t[:, None] - st.term_center) / st.term_width) ** 2) * on
+    onehot = np.eye(len(GENOTYPES))[genotype][:, 1:]
+    return (wave * st.term_type_gain.T[cell_type] + st.term_type.T[cell_type]
+            + onehot @ st.term_genotype.T + st.donor_effect[donor] @ st.term_donor.T)
 
 
 def _build_structure(params: WorldParams, rng: np.random.Generator) -> _Structure:
@@ -153,15 +203,17 @@ def _build_structure(params: WorldParams, rng: np.random.Generator) -> _Structur
     n_donors = len(donors)
     donor_effect = rng.normal(0, 1, (n_donors, 4))
     donor_t_shift = rng.normal(0, 0.05, n_donors)
+    n_types = len(CELL_TYPES)
 
-    n_state = len(_STATE_COLUMNS) - 1  # dead does not drive programs
-    n_in = n_state + 4
-    scales = (1.0, 0.6, 0.0)  # level 3 modules carry only cell-level variation
-    level_loadings = []
-    for level, parents in enumerate(((0, 0, 0), _LEVEL2_PARENTS, _LEVEL3_PARENTS)):
-        level_loadings.append(rng.normal(0, scales[level], (len(parents), n_in)))
-        if level < 2:
-            level_loadings[-1][:, n_state:] *= 0.3  # donor effects: small
+    n_terms = sum(_N_MODULES)
+    term_center = rng.uniform(0.0, 1.0, n_terms)
+    term_width = rng.uniform(0.12, 0.3, n_terms)
+    term_branch = np.where(term_center > _BRANCH_POINT, rng.integers(0, 3, n_terms), 0)
+    term_type = rng.normal(0, 0.6, (n_terms, n_types))
+    term_type_gain = np.exp(rng.normal(0, 0.5, (n_terms, n_types))) * rng.choice([-1, 1], (n_terms, 1))
+    term_genotype = rng.normal(0, 0.25, (n_terms, 3))
+    term_donor = rng.normal(0, 0.05, (n_terms, 4))
+
     level1 = [f"P{i + 1}" for i in range(3)]
     level2 = [f"{level1[p]}.{sum(1 for q in _LEVEL2_PARENTS[:i] if q == p) + 1}"
               for i, p in enumerate(_LEVEL2_PARENTS)]
@@ -178,8 +230,15 @@ def _build_structure(params: WorldParams, rng: np.random.Generator) -> _Structur
     for i, name in enumerate(FACTOR_NAMES):
         loads, bias = _FACTOR_STATE[name]
         for col, w in loads.items():
-            factor_state[i, _STATE_COLUMNS.index(col)] = w
+            factor_state[i, _STATE_COLUMNS.index(col)] = w * _FACTOR_GAIN.get(col, 1.0)
         factor_bias[i] = bias
+    # both measurements read the cell type out of one shared type space, so the distances
+    # between types (glutamatergic near GABAergic, immature far from all) agree
+    factor_type = np.zeros((n_f, n_types))
+    rows = [FACTOR_NAMES.index(name) for name in _TYPE_FACTORS]
+    # an orthonormal readout: type-to-type distances in factor space are the type space's
+    readout, _ = np.linalg.qr(rng.normal(0, 1, (len(rows), _TYPE_EMBEDDING.shape[1])))
+    factor_type[rows] = 4.5 * readout @ (_TYPE_EMBEDDING - _TYPE_EMBEDDING.mean(0)).T
     # each visible program drives two factors; programs share factors (superposition)
     factor_programs = np.zeros((n_f, n_prog))
     skip = {FACTOR_NAMES.index("death_dye"), FACTOR_NAMES.index("nuclear_fragmentation")}
@@ -188,42 +247,70 @@ def _build_structure(params: WorldParams, rng: np.random.Generator) -> _Structur
     for j, prog in enumerate(np.flatnonzero(visible)):
         for r in range(2):
             f = order[(2 * j + r) % len(order)]
-            factor_programs[f, prog] = rng.choice([-1, 1]) * rng.uniform(0.7, 1.0)
+            factor_programs[f, prog] = rng.choice([-1, 1]) * rng.uniform(0.65, 0.9)
 
-    # genes: module genes follow their programs, background genes other things or nothing
+    # genes: module genes follow their programs; background genes mark cell types, track
+    # the trajectory, fates, death, genotype or donor, or nothing
     n_mod_genes = n_prog * params.genes_per_module
     n_genes = n_mod_genes + params.n_background_genes
     gene_module = np.full(n_genes, -1)
     gene_module[:n_mod_genes] = np.repeat(np.arange(n_prog), params.genes_per_module)
-    gene_base = np.concatenate([rng.normal(np.log(0.8), 0.4, n_mod_genes),
-                                rng.normal(np.log(0.08), 1.0, params.n_background_genes)])
+    gene_base = np.concatenate([rng.normal(np.log(1.0), 0.4, n_mod_genes),
+                                rng.normal(np.log(0.05), 1.0, params.n_background_genes)])
     weight = np.zeros((n_genes, 3))
-    weight[:n_mod_genes] = rng.uniform(0.5, 0.7, (n_mod_genes, 1)) * np.array([0.8, 0.9, 1.0])
+    weight[:n_mod_genes] = rng.uniform(0.38, 0.53, (n_mod_genes, 1))
+    n_state = len(_STATE_COLUMNS)
     gene_state = np.zeros((n_genes, n_state))
+    gene_type = np.zeros((n_genes, n_types))
     gene_donor = np.zeros((n_genes, 4))
     bg = np.arange(n_mod_genes, n_genes)
     kind = rng.random(len(bg))
-    t_genes = bg[kind < 0.15]
-    gene_state[t_genes, 0] = rng.choice([-1, 1], len(t_genes)) * rng.uniform(0.5, 1.2, len(t_genes))
-    g_genes = bg[(kind >= 0.15) & (kind < 0.25)]
+    marker = bg[kind < 0.15]
+    gene_base[marker] = rng.normal(np.log(0.3), 0.5, len(marker))
+    loadings = rng.normal(0, 1.0, (len(marker), _TYPE_EMBEDDING.shape[1]))
+    gene_type[marker] = 1.3 * np.clip(loadings @ _TYPE_EMBEDDING.T, -0.5, None)
+    traj = bg[(kind >= 0.15) & (kind < 0.30)]
+    gene_base[traj] = rng.normal(np.log(0.25), 0.5, len(traj))
+    which = rng.integers(0, 3, len(traj))  # t, b1 or b2
+    gene_state[traj, which] = rng.choice([-1, 1], len(traj)) * rng.uniform(2.5, 5.5, len(traj))
+    death = bg[(kind >= 0.30) & (kind < 0.40)]
+    gene_base[death] = rng.normal(np.log(0.15), 0.5, len(death))
+    gene_state[death, _STATE_COLUMNS.index("dead")] = rng.uniform(2.0, 3.2, len(death))
+    g_genes = bg[(kind >= 0.40) & (kind < 0.47)]
     gene_state[g_genes, 3 + rng.integers(0, 3, len(g_genes))] = rng.uniform(0.6, 1.2, len(g_genes))
-    d_genes = bg[(kind >= 0.25) & (kind < 0.30)]
+    d_genes = bg[(kind >= 0.47) & (kind < 0.50)]
     gene_donor[d_genes] = rng.normal(0, 0.5, (len(d_genes), 4))
     perm = rng.permutation(n_genes)  # genes are not listed module by module
     gene_names = np.array([f"GENE{i:04d}" for i in range(n_genes)])
 
-    return _Structure(
+    st = _Structure(
         donors=donors, donor_genotype=np.array(donor_genotype), donor_effect=donor_effect,
-        donor_t_shift=donor_t_shift, level_loadings=level_loadings, program_names=level3,
+        donor_t_shift=donor_t_shift, term_center=term_center, term_width=term_width,
+        term_branch=term_branch, term_type=term_type, term_type_gain=term_type_gain,
+        term_genotype=term_genotype, term_donor=term_donor, term_mean=np.zeros(n_terms),
+        term_whiten=np.eye(n_terms), program_names=level3,
         level_names=[level1, level2, level3], program_visible=visible,
-        factor_state=factor_state, factor_bias=factor_bias, factor_programs=factor_programs,
+        factor_state=factor_state, factor_type=factor_type, factor_bias=factor_bias,
+        factor_programs=factor_programs,
         gene_names=gene_names, gene_module=gene_module[perm], gene_base=gene_base[perm],
         gene_program_weight=weight[perm], gene_state=gene_state[perm],
-        gene_donor=gene_donor[perm],
+        gene_type=gene_type[perm], gene_donor=gene_donor[perm],
         plate_gain=np.exp(rng.normal(0, 0.12, (params.n_plates, 4))),
         plate_offset=rng.uniform(0.01, 0.04, (params.n_plates, 4)),
         donor_gain=np.exp(rng.normal(0, 0.08, (n_donors, 4))),
     )
+    # decorrelate the 27 state-driven terms over a reference sample of states (balanced
+    # genotypes), so that no two modules share state-driven variation by accident; the
+    # whitening is the symmetric one (each term stays closest to its own wave)
+    ref = _draw_state(st, 4000, (0.25, 0.25, 0.25, 0.25), rng)
+    raw = _term_features(st, ref["t"], ref["branch"], ref["cell_type"], ref["genotype"],
+                         ref["donor"])
+    st.term_mean = raw.mean(0)
+    cov = np.cov(raw, rowvar=False)
+    evals, evecs = np.linalg.eigh(cov)
+    evals = np.maximum(evals, 0) + 0.02 * evals.mean()
+    st.term_whiten = (evecs / np.sqrt(evals)) @ evecs.T
+    return st
 
 
 # -- cell states --------------------------------------------------------------------------
@@ -234,46 +321,57 @@ _P_BRANCH1 = {"healthy": 0.5, "SNCA": 0.8, "LRRK2": 0.3, "GBA": 0.6}
 _DEATH_T0 = {"healthy": 0.85, "SNCA": 0.6, "LRRK2": 0.7, "GBA": 0.65}
 
 
-def _sample_states(st: _Structure, n: int, proportions: Sequence[float],
-                   rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Draw n latent cell states: genotype, donor, t, branch, programs, dead."""
+def _draw_state(st: _Structure, n: int, proportions: Sequence[float],
+                rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Genotype, donor, cell type, trajectory position and fate of n cells."""
     geno = rng.choice(len(GENOTYPES), n, p=np.asarray(proportions) / np.sum(proportions))
-    per_geno = [np.flatnonzero(st.donor_genotype == g) for g in range(len(GENOTYPES))]
-    donor = np.array([per_geno[g][k] for g, k in
-                      zip(geno, rng.integers(0, len(per_geno[0]), n), strict=True)], int) \
-        if n else np.zeros(0, int)
+    per_geno = np.stack([np.flatnonzero(st.donor_genotype == g) for g in range(len(GENOTYPES))])
+    donor = per_geno[geno, rng.integers(0, per_geno.shape[1], n)].astype(int)
     a = np.array([_T_BETA[GENOTYPES[g]][0] for g in range(len(GENOTYPES))])[geno]
     b = np.array([_T_BETA[GENOTYPES[g]][1] for g in range(len(GENOTYPES))])[geno]
-    t = np.clip(rng.beta(a, b) + st.donor_t_shift[donor], 0, 1)
+    cell_type = rng.choice(len(CELL_TYPES), n, p=np.asarray(_CELL_TYPE_PROPORTIONS))
+    t = np.clip(rng.beta(a, b) * np.asarray(_TYPE_T_SCALE)[cell_type] + st.donor_t_shift[donor],
+                0, 1)
     p1 = np.array([_P_BRANCH1[g] for g in GENOTYPES])[geno]
     fate = np.where(rng.random(n) < p1, 1, 2)
     branch = np.where(t < _BRANCH_POINT, 0, fate)
+    return {"genotype": geno, "donor": donor, "t": t, "branch": branch, "cell_type": cell_type}
+
+
+def _sample_states(st: _Structure, n: int, proportions: Sequence[float],
+                   rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Draw n latent cell states: genotype, donor, cell type, t, branch, programs, dead."""
+    s = _draw_state(st, n, proportions, rng)
+    geno, t, branch = s["genotype"], s["t"], s["branch"]
     progress_on_branch = np.clip((t - _BRANCH_POINT) / (1 - _BRANCH_POINT), 0, 1)
     b1 = np.where(branch == 1, progress_on_branch, 0.0)
     b2 = np.where(branch == 2, progress_on_branch, 0.0)
     onehot = np.eye(len(GENOTYPES))[geno][:, 1:]
-    state = np.column_stack([t, b1, b2, onehot])
-    inputs = np.column_stack([state, st.donor_effect[donor]])
-    acts = []
+    raw = _term_features(st, t, branch, s["cell_type"], geno, s["donor"])
+    driven = (raw - st.term_mean) @ st.term_whiten
+    bounds = np.cumsum((0,) + _N_MODULES)
+    acts, own_terms = [], []
     for level, parents in enumerate(((0, 0, 0), _LEVEL2_PARENTS, _LEVEL3_PARENTS)):
-        own = inputs @ st.level_loadings[level].T + rng.normal(0, _LEVEL_NOISE[level], (n, len(parents)))
+        own = _LEVEL_STATE[level] * driven[:, bounds[level]:bounds[level + 1]] \
+            + rng.normal(0, _LEVEL_NOISE[level], (n, len(parents)))
+        own_terms.append(own)
         acts.append(own if level == 0 else acts[-1][:, list(parents)] + own)
-    t0 = np.array([_DEATH_T0[g] for g in GENOTYPES])[geno]
+    t0 = np.array([_DEATH_T0[g] for g in GENOTYPES])[geno] \
+        + np.asarray(_TYPE_DEATH_SHIFT)[s["cell_type"]]
     p_dead = 0.75 / (1 + np.exp(-(t - t0) * 10)) + 0.02
     dead = rng.random(n) < p_dead
-    return {"genotype": geno, "donor": donor, "t": t, "branch": branch, "b1": b1, "b2": b2,
-            "state": np.column_stack([state, dead]), "dead": dead,
-            "level_acts": [acts[0], acts[1] - acts[0][:, list(_LEVEL2_PARENTS)],
-                           acts[2] - acts[1][:, list(_LEVEL3_PARENTS)]],
-            "programs": acts[2]}
+    return {**s, "b1": b1, "b2": b2,
+            "state": np.column_stack([t, b1, b2, onehot, dead]), "dead": dead,
+            "level_acts": own_terms, "programs": acts[2]}
 
 
 def _factors(st: _Structure, states: dict, rng: np.random.Generator) -> np.ndarray:
     """(n, n_factors) visual factors in [0, 1] from the latent state."""
     progs = states["programs"]
     progs = (progs - progs.mean(0)) / (progs.std(0) + 1e-9) if len(progs) > 1 else progs
-    z = states["state"] @ st.factor_state.T + progs @ st.factor_programs.T + st.factor_bias
-    z += rng.normal(0, 0.4, z.shape)
+    z = states["state"] @ st.factor_state.T + st.factor_type.T[states["cell_type"]] \
+        + progs @ st.factor_programs.T + st.factor_bias
+    z += rng.normal(0, 0.3, z.shape)
     return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
 
@@ -289,9 +387,11 @@ def _rna_counts(st: _Structure, states: dict, params: WorldParams,
     a1, a2, a3 = states["level_acts"]
     prog = (a1[:, l1] * st.gene_program_weight[:, 0] + a2[:, l2] * st.gene_program_weight[:, 1]
             + a3[:, l3] * st.gene_program_weight[:, 2]) * has
-    log_mu = st.gene_base + prog + states["state"][:, :-1] @ st.gene_state.T \
-        + st.donor_effect[states["donor"]] @ st.gene_donor.T
-    size_factor = np.exp(rng.normal(0, 0.35, n)) * params.mean_library_size / 3000.0
+    log_mu = st.gene_base + prog + states["state"] @ st.gene_state.T \
+        + st.gene_type.T[states["cell_type"]] + st.donor_effect[states["donor"]] @ st.gene_donor.T
+    # dying cells lose RNA: fewer counts, on top of the usual capture variation
+    size_factor = np.exp(rng.normal(0, 0.35, n) - 0.5 * states["dead"]) \
+        * params.mean_library_size / 5000.0
     mu = np.exp(np.clip(log_mu, -10, 6)) * size_factor[:, None]
     theta = 2.0
     lam = rng.gamma(theta, mu / theta)
@@ -327,6 +427,8 @@ def _cells_obs(st: _Structure, states: dict, params: WorldParams, rng, prefix: s
         "t": states["t"].astype(np.float32),
         "branch": states["branch"].astype(np.int8),
         "dead": states["dead"].astype(bool),
+        "cell_type": pd.Categorical([CELL_TYPES[c] for c in states["cell_type"]],
+                                    categories=CELL_TYPES),
     }, index=[f"{prefix}{i}" for i in range(n)])
     return obs
 
@@ -416,7 +518,7 @@ class NeuronWorld:
             program_visible=np.asarray(meta["program_visible"], bool),
             hierarchy=meta["hierarchy"], genotypes=meta["genotypes"], donors=meta["donors"],
             pairing=arrays["pairing"], factor_loadings=arrays["factor_loadings"],
-            params=meta["params"],
+            params=meta["params"], cell_types=meta.get("cell_types", list(CELL_TYPES)),
         )
         return cls(cells, rna, truth)
 

@@ -76,3 +76,29 @@ def test_module_tree_returns_a_figure_with_a_box_per_module():
     assert "M1.1" in labels and "2 genes" in labels
     with pytest.raises(ValueError, match="no modules"):
         module_tree(build_hierarchy([np.full(3, -1)], ["a", "b", "c"], [1.0]))
+
+
+@pytest.mark.parametrize("case, match", [
+    ("duplicate_sets", "duplicate gene-set name 'S1'"),
+    ("too_few_genes", "fewer than the minimum module size"),
+    ("decreasing_resolutions", "strictly increasing"),
+])
+def test_cli_bad_input_names_the_problem(tmp_path, expression_file, case, match):
+    """Each of the issue's bad inputs stops the CLI before any output, with the reason."""
+    path, genes, _ = expression_file
+    out = tmp_path / "out"
+    args = ["pathways", str(path), "--out", str(out)]
+    if case == "duplicate_sets":
+        gmt = tmp_path / "dup.gmt"
+        gmt.write_text(f"S1\tNA\t{genes[0]}\t{genes[1]}\nS1\tNA\t{genes[2]}\t{genes[3]}\n")
+        args += ["--gmt", str(gmt), "--resolutions", "1.0"]
+    elif case == "too_few_genes":
+        listed = tmp_path / "genes.txt"
+        listed.write_text("\n".join(genes[:3]) + "\n")
+        args += ["--genes", str(listed), "--min-module-size", "5", "--resolutions", "1.0"]
+    else:
+        args += ["--resolutions", "0.5,0.5"]
+    result = _invoke(args)
+    assert result.exit_code != 0
+    assert match in str(result.exception) + result.output
+    assert not out.exists()

@@ -102,3 +102,19 @@ def test_ingest_on_dask_equals_local_processes(tmp_path):
     np.testing.assert_array_equal(a.obsm[CROPS_KEY], b.obsm[CROPS_KEY])
     np.testing.assert_array_equal(a.obsm["X_measure"], b.obsm["X_measure"])
     assert list(a.obs_names) == list(b.obs_names)
+
+
+def test_extract_through_a_scheduler_address(model, rng):
+    # the multi-machine path: connect to an existing scheduler by its address
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=":0") as cluster:
+        x = rng.normal(size=(10, 3, 16, 16)).astype(np.float32)
+        one = extract(model, x, batch_size=4, device="cpu")
+        remote = extract(model, x, batch_size=4, device="cpu", dask=cluster.scheduler_address)
+    np.testing.assert_allclose(remote.embeddings, one.embeddings, rtol=1e-5, atol=1e-6)
+
+
+def test_unreachable_scheduler_is_a_clear_error():
+    with pytest.raises((ConnectionError, OSError), match="scheduler|connect|timed out"):
+        with dask_client("tcp://127.0.0.1:9", timeout="1s"):
+            pass

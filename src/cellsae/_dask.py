@@ -43,7 +43,7 @@ def require_distributed():
 
 @contextlib.contextmanager
 def dask_client(spec: DaskSpec, *, n_workers: int = 2, threads_per_worker: int = 1,
-                processes: bool = True) -> Iterator[Any]:
+                processes: bool = True, timeout: str = "30s") -> Iterator[Any]:
     """A :class:`distributed.Client` for ``spec``, closed (with its cluster) on exit.
 
     Parameters
@@ -52,6 +52,7 @@ def dask_client(spec: DaskSpec, *, n_workers: int = 2, threads_per_worker: int =
         (``"tcp://host:8786"``), or an existing ``Client`` (used as is, not closed).
     n_workers, threads_per_worker, processes : LocalCluster settings (ignored for an
         address or a client). ``processes=False`` runs workers as threads in this process.
+    timeout : how long to wait for the scheduler at an address.
     """
     distributed = require_distributed()
     if isinstance(spec, distributed.Client):
@@ -72,7 +73,7 @@ def dask_client(spec: DaskSpec, *, n_workers: int = 2, threads_per_worker: int =
     if isinstance(spec, str | os.PathLike):
         address = os.fspath(spec)
         try:
-            client = distributed.Client(address, timeout="30s")
+            client = distributed.Client(address, timeout=timeout)
         except OSError as err:
             raise ConnectionError(
                 f"cannot reach the dask scheduler at {address!r} ({err}); start one with "

@@ -295,7 +295,8 @@ def _extract_block(block: tuple[int, int, Any], *, model, device, geometry: dict
     device = resolve_device(device)
     model = model.to(device).eval()
     store = as_crop_store(source)
-    offset = 0 if isinstance(source, np.ndarray) else start
+    from_file = not isinstance(source, np.ndarray)
+    offset = start if from_file else 0
     writer = None
     if tokens_tmp is not None:
         import zarr
@@ -305,7 +306,9 @@ def _extract_block(block: tuple[int, int, Any], *, model, device, geometry: dict
     n_emb = sum(model.stage_dims[name] for name in geometry["layers"])
     embeddings = np.empty((stop - start, n_emb), np.float32)
     pooled = np.empty(stop - start, np.float32) if writer is not None else None
-    reader = CropReader(store, preload=False)
+    # same reader as one process (float16 in memory when the block fits), so results match;
+    # from a file only this block's rows are read
+    reader = CropReader(store, indices=np.arange(start, stop) if from_file else None)
 
     def batches():
         for s in range(start, stop, batch_size):

@@ -257,6 +257,7 @@ def bad_inputs(tmp: Path) -> dict:
     spec = importlib.util.spec_from_file_location("bad_input_cases",
                                                   ROOT / "tests" / "test_bad_inputs.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while executing it
     spec.loader.exec_module(module)
     handled, failures = 0, []
     for i, case in enumerate(module.CASES):

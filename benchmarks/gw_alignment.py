@@ -7,7 +7,8 @@ chosen WITHOUT labels by the consensus criterion (``cellsae.align.select_gw``).
 ε chosen by the same criterion. For both, the candidates are scored with the truth only
 after the choice: ``*_foscttm_label_tuned`` is the best FOSCTTM any candidate reaches
 (what SCOT reports, tuned on the truth), ``*_foscttm_objective_pick`` that of the lowest
-GW objective and ``*_foscttm_worst`` the worst candidate.
+GW objective, ``*_foscttm_distortion_pick`` that of the label-free "distortion" criterion
+(``select_gw(criterion="distortion")``) and ``*_foscttm_worst`` the worst candidate.
 ``<data>_foscttm_supervised_ceiling`` (full mode, SNARE-seq and scGEM) is a random forest
 trained on the true pairs, 5-fold cross-validated: a reference, not an alignment.
 
@@ -75,8 +76,11 @@ def _score_one(name, suffix, cost, x, y, src_labels, tgt_labels, ks, epss, *, me
     # the truth is used only to score the candidates after the label-free choice
     fos = [foscttm(r.barycentric_projection(rep), rep[truth]) for r in results]
     lts = [r.label_transfer_accuracy(src_labels, tgt_labels) for r in results]
-    chosen = int(np.argmin([c["consensus_disagreement"] for c in cands]))
+    chosen = next(i for i, r in enumerate(results) if r is res)  # select_gw's own choice
     by_obj = int(np.argmin([c["objective"] for c in cands]))
+    dist = [c.get("distortion_correlation") for c in cands]
+    by_dist = int(np.nanargmax([np.nan if v is None else v for v in dist])) \
+        if any(v is not None for v in dist) else None
     best = int(np.argmin(fos))
     k_chosen = cands[chosen]["n_neighbors"]
     p = f"{name}{suffix}"
@@ -89,6 +93,7 @@ def _score_one(name, suffix, cost, x, y, src_labels, tgt_labels, ks, epss, *, me
         f"{p}_foscttm_label_tuned": fos[best],
         f"{p}_label_transfer_label_tuned": lts[best],
         f"{p}_foscttm_objective_pick": fos[by_obj],
+        f"{p}_foscttm_distortion_pick": None if by_dist is None else fos[by_dist],
         f"{p}_foscttm_worst": max(fos),
         f"{p}_n_candidates": len(cands),
         f"{p}_seconds": time.perf_counter() - t0,

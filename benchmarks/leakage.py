@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    n = args.n_cells or (240 if args.quick else 1200)
+    n = args.n_cells or (200 if args.quick else 1200)
     args.sae_epochs = args.sae_epochs or (10 if args.quick else 60)
     t0 = time.perf_counter()
     figures: dict = {

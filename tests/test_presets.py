@@ -116,7 +116,7 @@ def test_paper_mode_runs_end_to_end(tmp_path):
             "world": {"n_cells": 240, "plate_cells": 240},
             "ingest": {"settings": {"n_workers": 0}},
             "embed": {"train": {"epochs": 1}},
-            "sae": {"d_sae": 64, "n_epochs": 5},
+            "sae": {"d_sae": 64, "n_epochs": 1, "settings": {"l1_coeff": 800 / 64}},
         },
     )
     cfg = load_pipeline_config(data)

@@ -115,8 +115,10 @@ class _Evaluator:
 
     def __call__(self, coupling) -> tuple[float, float]:
         torch = self.torch
-        T = torch.as_tensor(np.asarray(coupling) if not isinstance(coupling, torch.Tensor)
-                            else coupling, dtype=torch.float32)
+        T = torch.as_tensor(
+            np.asarray(coupling) if not isinstance(coupling, torch.Tensor) else coupling,
+            dtype=torch.float32,
+        )
         tp, tq = T.sum(1), T.sum(0)
         if self.exact:
             xt = float((self.c1 @ (T @ self.c2) * T).sum())
@@ -136,8 +138,9 @@ class _Budget(Exception):
     pass
 
 
-def _run_pot(kind: str, c1, c2, max_iter: int, budget: float, evaluate: _Evaluator
-             ) -> tuple[dict, np.ndarray]:
+def _run_pot(
+    kind: str, c1, c2, max_iter: int, budget: float, evaluate: _Evaluator
+) -> tuple[dict, np.ndarray]:
     """POT's entropic GW with per-outer-iteration timing and a solver-time budget."""
     import warnings
 
@@ -235,19 +238,28 @@ def _child(args) -> None:
         t0 = time.perf_counter()
         if kind == "landmark":
             res = landmark_gw(
-                x, y, n_landmarks=args.landmarks, cost_kwargs={"n_neighbors": K},
-                epsilon=EPSILON, device="cpu",
+                x,
+                y,
+                n_landmarks=args.landmarks,
+                cost_kwargs={"n_neighbors": K},
+                epsilon=EPSILON,
+                device="cpu",
             )
-            extra = {"seconds_quantize": res.params["seconds_quantize"],
-                     "anchor_iters": res.params["anchor_params"]["n_iter"]}
+            extra = {
+                "seconds_quantize": res.params["seconds_quantize"],
+                "anchor_iters": res.params["anchor_params"]["n_iter"],
+            }
         else:
             c1, _ = knn_geodesic_cost(x, n_neighbors=K, dtype=np.float32)
             c2, _ = knn_geodesic_cost(y, n_neighbors=K, dtype=np.float32)
             extra = {"seconds_costs": time.perf_counter() - t0}
             res = entropic_gw(c1, c2, epsilon=EPSILON, device="cpu")
             del c1, c2
-            extra.update(n_iter=res.params["n_iter"], objective_reported=res.objective,
-                         objective_bound=res.params["objective_error_bound"])
+            extra.update(
+                n_iter=res.params["n_iter"],
+                objective_reported=res.objective,
+                objective_bound=res.params["objective_error_bound"],
+            )
         seconds = time.perf_counter() - t0
         proj = res.barycentric_projection(y)
         sub = slice(0, min(n, 20000))  # FOSCTTM is O(n²): on the first 20k cells beyond that
@@ -259,9 +271,24 @@ def _child(args) -> None:
 
 def run_child(kind, args, n, timeout) -> tuple[dict, np.ndarray | None]:
     out = Path(args.cost_dir) / f"T_{kind}_{n}.npy"
-    cmd = [sys.executable, __file__, "--child", kind, "--cost-dir", args.cost_dir, "--n",
-           str(n), "--child-out", str(out), "--pot-max-iter", str(args.pot_max_iter),
-           "--pot-budget", str(args.pot_budget), "--landmarks", str(args.landmarks)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--cost-dir",
+        args.cost_dir,
+        "--n",
+        str(n),
+        "--child-out",
+        str(out),
+        "--pot-max-iter",
+        str(args.pot_max_iter),
+        "--pot-budget",
+        str(args.pot_budget),
+        "--landmarks",
+        str(args.landmarks),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -302,9 +329,13 @@ def compare_exact(n: int, args, fig: dict) -> None:
             continue
         obj = gw_objective(c1, c2, plan)
         mass = float(plan.sum())
-        fos = (foscttm(GWResult(coupling=plan, objective=obj, converged=True)
-                       .barycentric_projection(y), y)
-               if np.isfinite(plan).all() and mass > 0 else float("nan"))
+        fos = (
+            foscttm(
+                GWResult(coupling=plan, objective=obj, converged=True).barycentric_projection(y), y
+            )
+            if np.isfinite(plan).all() and mass > 0
+            else float("nan")
+        )
         fig[f"seconds_{kind}_{tag}"] = info["seconds"]
         fig[f"peak_mb_{kind}_{tag}"] = info["peak_extra_mb"]
         fig[f"objective_{kind}_{tag}"] = obj
@@ -326,10 +357,20 @@ def compare_exact(n: int, args, fig: dict) -> None:
             secs[kind] = info
         else:
             fig[f"note_{kind}_{tag}"] = f"coupling mass {mass:.4g} != 1: left out of the ratios"
-        logging.info("n=%d %s: %.1fs objective %.6g mass %.4f foscttm %.4f %s", n, kind,
-                     info["seconds"], obj, mass, fos,
-                     {k: v for k, v in info.items() if k not in ("seconds", "iter_times",
-                                                                 "objectives_lowrank")})
+        logging.info(
+            "n=%d %s: %.1fs objective %.6g mass %.4f foscttm %.4f %s",
+            n,
+            kind,
+            info["seconds"],
+            obj,
+            mass,
+            fos,
+            {
+                k: v
+                for k, v in info.items()
+                if k not in ("seconds", "iter_times", "objectives_lowrank")
+            },
+        )
     # objective agreement among the runs that finished (a run stopped by its time budget
     # is reported, but its unfinished iterate is not held against the others)
     done = {k: v for k, v in objs.items() if not secs[k].get("stopped_by_budget", False)}
@@ -350,7 +391,8 @@ def compare_exact(n: int, args, fig: dict) -> None:
             ref = secs[kind]
             fig[f"speedup_vs_pot{sfx}_{tag}"] = ref["seconds"] / ours
             fig[f"objective_rel_diff{sfx}_vs_cellsae_{tag}"] = (
-                abs(objs["cellsae"] - objs[kind]) / objs[kind])
+                abs(objs["cellsae"] - objs[kind]) / objs[kind]
+            )
             if ref["stopped_by_budget"]:
                 fig[f"speedup_vs_pot{sfx}_{tag}_is_lower_bound"] = True
             # POT's time until its iterate's objective first came within 1 % of the best
@@ -372,10 +414,18 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--sizes", default=None, help="exact-solver sizes (default 1000,2000,5000)")
     ap.add_argument("--pot-max", type=int, default=5000, help="largest size POT runs at")
-    ap.add_argument("--pot-max-iter", type=int, default=30,
-                    help="cap on POT's outer iterations, both backends (default 30)")
-    ap.add_argument("--pot-budget", type=float, default=300.0,
-                    help="seconds of solver time per POT run before it is stopped (default 300)")
+    ap.add_argument(
+        "--pot-max-iter",
+        type=int,
+        default=30,
+        help="cap on POT's outer iterations, both backends (default 30)",
+    )
+    ap.add_argument(
+        "--pot-budget",
+        type=float,
+        default=300.0,
+        help="seconds of solver time per POT run before it is stopped (default 300)",
+    )
     ap.add_argument("--scalable", default=None, help="landmark sizes (default 10000,50000,100000)")
     ap.add_argument("--landmarks", type=int, default=None, help="anchors per side (default 2000)")
     ap.add_argument("--exact-10k", action="store_true", help="also run the exact solver at 10k")
@@ -393,16 +443,24 @@ def main(argv=None) -> int:
     try:
         import ot  # noqa: F401
     except ImportError:
-        print("POT is not installed: the reference is missing, no ratio can be measured",
-              file=sys.stderr)
+        print(
+            "POT is not installed: the reference is missing, no ratio can be measured",
+            file=sys.stderr,
+        )
         return 2
     sizes_arg = args.sizes or ("500" if args.quick else "1000,2000,5000")
     sizes = [] if sizes_arg == "none" else [int(s) for s in sizes_arg.split(",")]
     scal_arg = args.scalable or ("5000" if args.quick else "10000,50000,100000")
     scalable = [] if scal_arg == "none" else [int(s) for s in scal_arg.split(",")]
-    fig: dict = {"quick": bool(args.quick), "epsilon": EPSILON, "n_neighbors": K,
-                 "pot_max_iter": args.pot_max_iter, "pot_budget_s": args.pot_budget,
-                 "cpu_threads": os.cpu_count(), "load_avg_start": os.getloadavg()[0]}
+    fig: dict = {
+        "quick": bool(args.quick),
+        "epsilon": EPSILON,
+        "n_neighbors": K,
+        "pot_max_iter": args.pot_max_iter,
+        "pot_budget_s": args.pot_budget,
+        "cpu_threads": os.cpu_count(),
+        "load_avg_start": os.getloadavg()[0],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         args.cost_dir = tmp
         for n in sizes:
@@ -418,8 +476,13 @@ def main(argv=None) -> int:
             fig[f"peak_mb_scalable_{tag}"] = info["peak_extra_mb"]
             fig[f"foscttm_scalable_{tag}"] = info["foscttm"]
             fig[f"seconds_quantize_scalable_{tag}"] = info["seconds_quantize"]
-            logging.info("landmark n=%d: %.1fs foscttm %.4f peak +%.0f MB", n, info["seconds"],
-                         info["foscttm"], info["peak_extra_mb"])
+            logging.info(
+                "landmark n=%d: %.1fs foscttm %.4f peak +%.0f MB",
+                n,
+                info["seconds"],
+                info["foscttm"],
+                info["peak_extra_mb"],
+            )
             if n == 10000 and args.exact_10k:
                 info, _ = run_child("exact", args, n, 3600)
                 if "error" in info:
@@ -430,9 +493,9 @@ def main(argv=None) -> int:
                 fig["peak_mb_exact_10k"] = info["peak_extra_mb"]
                 fig["foscttm_exact_10k"] = info["foscttm"]
                 fig["foscttm_gap_scalable_vs_exact_10k"] = (
-                    fig["foscttm_scalable_10k"] - fig["foscttm_exact_10k"])
-                logging.info("exact n=10000: %.1fs foscttm %.4f", info["seconds"],
-                             info["foscttm"])
+                    fig["foscttm_scalable_10k"] - fig["foscttm_exact_10k"]
+                )
+                logging.info("exact n=10000: %.1fs foscttm %.4f", info["seconds"], info["foscttm"])
     fig["load_avg_end"] = os.getloadavg()[0]
     emit(fig, args.out)
     return 0

@@ -327,6 +327,19 @@ def tokens_corrupt_chunk(tmp):
     list(TokenStore(tmp / "t.zarr").iter_batches(8))
 
 
+@case(ValueError, "token store .* cannot be read")
+def tokens_flipped_byte(tmp):
+    from cellsae.embed import extract
+    from cellsae.embed.extract import TokenStore
+
+    x = np.random.default_rng(0).normal(size=(4, 2, 16, 16)).astype(np.float32)
+    extract(_encoder(), x, tokens_out=tmp / "t.zarr", batch_size=2, device="cpu")
+    chunk = next(p for p in (tmp / "t.zarr" / "tokens").rglob("*")
+                 if p.is_file() and p.name != "zarr.json")
+    _flip_byte(chunk, len(chunk.read_bytes()) // 2)
+    list(TokenStore(tmp / "t.zarr").iter_batches(8))
+
+
 # -- SAE ------------------------------------------------------------------------------------
 
 

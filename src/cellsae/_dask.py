@@ -95,8 +95,9 @@ def dask_map(client, fn: Callable, items: Iterable, *, max_in_flight: int | None
     """Run ``fn(item, **kwargs)`` on the cluster; yield ``(index, result)`` as tasks finish.
 
     At most ``max_in_flight`` tasks (default: 2 per worker thread) are queued at once, so
-    results (and the items' inputs) never pile up in memory. The first task that raises
-    cancels the rest and re-raises here.
+    results (and the items' inputs) never pile up in memory. When a task raises, the
+    tasks in flight are allowed to finish (so none still writes after this returns), the
+    rest are never submitted, and the error is re-raised here.
     """
     distributed = require_distributed()
     if max_in_flight is None:
@@ -132,6 +133,13 @@ def dask_map(client, fn: Callable, items: Iterable, *, max_in_flight: int | None
             submit_next()
             yield i, result
     except BaseException:
-        for fut in list(live.values()):
+        # let tasks already running finish (they may be writing into an output that the
+        # caller is about to remove), then drop them
+        futures = list(live.values())
+        try:
+            distributed.wait(futures, timeout=600)
+        except Exception:  # noqa: BLE001 - a timeout or lost worker must not mask the error
+            pass
+        for fut in futures:
             fut.cancel()
         raise

@@ -17,6 +17,9 @@ Token store layout (zarr v3 group; format ``cellsae.tokens`` version 1):
   paper divides every token map by it before training its SAE),
 - attributes: ``layer``, ``grid``, ``tokens_per_cell``, ``dim``, ``model``, ``format``.
 
+Chunks are zstd-compressed and carry a CRC-32C checksum, so a corrupted chunk raises an
+error naming the store instead of returning damaged tokens.
+
 :class:`TokenStore` reads it back and iterates shuffled token batches chunk by chunk.
 """
 
@@ -181,15 +184,19 @@ def extract(model, crops, *, layer: str | Sequence[str] | None = None, tokens_ou
         while batch_size % cells_per_chunk:
             cells_per_chunk -= 1
         rows = cells_per_chunk * per_cell
+        from zarr.codecs import Crc32cCodec, ZstdCodec
+
         group = zarr.open_group(str(tmp), mode="w")
         n_tok = n * per_cell
+        # a CRC-32C per chunk: a flipped byte or truncated chunk is an error, never data
+        codecs = {"compressors": [ZstdCodec(), Crc32cCodec()]}
         writer = {
             "tokens": group.create_array("tokens", shape=(n_tok, d_tok), chunks=(rows, d_tok),
-                                         dtype=token_dtype),
+                                         dtype=token_dtype, **codecs),
             "cell_index": group.create_array("cell_index", shape=(n_tok,), chunks=(rows,),
-                                             dtype="int64"),
+                                             dtype="int64", **codecs),
             "position": group.create_array("position", shape=(n_tok, 2), chunks=(rows, 2),
-                                           dtype="int16"),
+                                           dtype="int16", **codecs),
         }
         pooled_norm = np.empty(n, np.float32)
 

@@ -28,3 +28,17 @@ def test_rot90_only_gives_a_rotation_and_identity_is_identity():
     for i in range(5):
         assert any(torch.equal(out[i], torch.rot90(x[i], k, (-2, -1))) for k in range(4))
     torch.testing.assert_close(augment(x, NO_AUGMENT, torch.Generator()), x)
+
+
+def test_blur_is_a_normalised_gaussian_per_crop():
+    x = torch.zeros(2, 1, 15, 15)
+    x[:, 0, 7, 7] = 1.0
+    base = NO_AUGMENT.model_dump()
+    out = augment(x, AugmentConfig(**{**base, "blur_p": 1.0, "blur_sigma": (0.4, 1.5)}),
+                  torch.Generator().manual_seed(2))
+    for img in out[:, 0]:
+        torch.testing.assert_close(img.sum(), torch.tensor(1.0))  # mass kept away from edges
+        for mirrored in (img.flip(0), img.flip(1), img.T):  # isotropic, centred
+            torch.testing.assert_close(img, mirrored)
+        assert img[7, 7] == img.max() < 1.0
+    assert not torch.allclose(out[0], out[1])  # each crop has its own sigma

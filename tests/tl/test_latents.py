@@ -209,3 +209,20 @@ def test_phate_embeds_the_trajectory(rng):
     near = np.abs(t[nb[:, 1:]] - t[:, None]).mean()  # neighbours in PHATE share t
     assert near < 0.25 * np.abs(t[:, None] - t[None, :]).mean()
     assert lat.uns["phate"]["params"]["knn"] == 5
+
+
+def test_shift_invert_and_lanczos_diffusion_maps_agree(rng):
+    codes, obs = trajectory_codes(rng, n=600)
+    lat = latents_anndata(codes, obs=obs)
+    pca_latents(lat, n_comps=10)
+    cluster_latents(lat, n_neighbors=15, umap=False, paga=False, method="gauss")
+    runs = {}
+    for solver in ("lanczos", "shift-invert"):
+        pseudotime(lat, root_group={"genotype": "healthy"}, live_key="dead",
+                   eigen_solver=solver)
+        runs[solver] = (lat.uns["diffmap_evals"].copy(), lat.obs["dpt_pseudotime"].to_numpy())
+        assert lat.uns["diffmap_params"]["solver"] == solver
+    np.testing.assert_allclose(runs["lanczos"][0], runs["shift-invert"][0], atol=1e-5)
+    np.testing.assert_allclose(runs["lanczos"][1], runs["shift-invert"][1], atol=1e-3)
+    with pytest.raises(ValueError, match="eigen_solver"):
+        pseudotime(lat, eigen_solver="lobpcg")

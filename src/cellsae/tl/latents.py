@@ -640,29 +640,55 @@ def dpt_root(adata, *, root: int | str | None = None, root_group: Mapping[str, A
     return int(idx[np.argmin(dc[idx])] if low_side else idx[np.argmax(dc[idx])])
 
 
-def _diffmap(adata, n_comps: int, seed: int = 0) -> None:
-    """scanpy's diffusion map, with a wider Krylov space for ARPACK.
+EIGEN_SOLVERS = ("auto", "lanczos", "shift-invert")
 
-    ``sc.tl.diffmap`` calls ``eigsh`` with the default ``ncv = 2k + 1``; on long
-    trajectories sampled by many cells the leading eigenvalues crowd near 1 and ARPACK then
-    takes very long (we saw > 10 CPU-minutes at 30k cells). The same eigenproblem (the
-    symmetric transition matrix) with ``ncv = 4k + 20`` converges in a few iterations.
+
+def _diffmap(adata, n_comps: int, seed: int = 0, solver: str = "auto") -> None:
+    """scanpy's diffusion map (same eigenproblem and outputs), solved faster.
+
+    The leading eigenvalues of the symmetric transition matrix crowd near 1 on long
+    trajectories sampled by many cells (1 − λ ~ 1e-6 at 20k cells of a thin branching
+    curve), and plain Lanczos (``sc.tl.diffmap``) then needs minutes to hours. Two solvers:
+
+    - ``"lanczos"``: ARPACK with a wider Krylov space (``ncv = 4k + 20``) than scanpy's.
+    - ``"shift-invert"``: ARPACK on ``(M − σI)⁻¹`` with σ = 1 + 1e-3 through a sparse LU
+      of ``M − σI``, which spreads the crowded eigenvalues apart; converges in a few
+      iterations (measured 1.1 CPU s against 100 CPU s for Lanczos at 20k cells). The LU's
+      fill-in grows with the graph's intrinsic dimension, so very high-dimensional graphs
+      may prefer ``"lanczos"``.
+    - ``"auto"``: shift-invert from 5,000 cells (Lanczos below, where it is fast anyway).
+
     Writes ``obsm["X_diffmap"]`` and ``uns["diffmap_evals"]`` exactly as scanpy does.
     """
     from scanpy.neighbors import Neighbors
-    from scipy.sparse.linalg import eigsh
+    from scipy.sparse.linalg import LinearOperator, eigsh, splu
 
+    if solver not in EIGEN_SOLVERS:
+        raise ValueError(f"eigen solver must be one of {EIGEN_SOLVERS}, got {solver!r}")
     nb = Neighbors(adata)
     nb.compute_transitions()
-    m = nb.transitions_sym.astype(np.float64)
+    m = sparse.csr_matrix(nb.transitions_sym, dtype=np.float64)
     n = m.shape[0]
     k = int(min(n_comps, n - 2))
     v0 = np.random.default_rng(seed).standard_normal(n)
-    evals, evecs = eigsh(m, k=k, which="LM", ncv=min(n - 1, 4 * k + 20), v0=v0, tol=1e-9)
+    if solver == "auto":
+        solver = "shift-invert" if n >= 5000 else "lanczos"
+    params: dict[str, Any] = {"n_comps": k, "solver": solver}
+    if solver == "shift-invert":
+        sigma = 1.0 + 1e-3
+        lu = splu(sparse.csc_matrix(m - sigma * sparse.identity(n, format="csr")),
+                  permc_spec="MMD_AT_PLUS_A")  # symmetric pattern: minimum degree on A+Aᵀ
+        op = LinearOperator((n, n), matvec=lu.solve, dtype=np.float64)
+        evals, evecs = eigsh(m, k=k, sigma=sigma, which="LM", OPinv=op, v0=v0, tol=1e-9)
+        params.update(sigma=sigma, lu_fill=int(lu.L.nnz + lu.U.nnz), matrix_nnz=int(m.nnz))
+    else:
+        ncv = min(n - 1, 4 * k + 20)
+        evals, evecs = eigsh(m, k=k, which="LM", ncv=ncv, v0=v0, tol=1e-9)
+        params["ncv"] = ncv
     order = np.argsort(evals)[::-1]
     adata.obsm["X_diffmap"] = evecs[:, order].astype(np.float32)
     adata.uns["diffmap_evals"] = evals[order].astype(np.float32)
-    adata.uns["diffmap_params"] = {"n_comps": k, "ncv": min(n - 1, 4 * k + 20)}
+    adata.uns["diffmap_params"] = params
 
 
 def dpt_distances(eigen_basis: np.ndarray, eigen_values: np.ndarray, root: int,
@@ -701,7 +727,7 @@ def dpt_distances(eigen_basis: np.ndarray, eigen_values: np.ndarray, root: int,
 def pseudotime(adata, *, root: int | str | None = None,
                root_group: Mapping[str, Any] | None = None, live_key: str | None = None,
                n_comps: int = 15, n_dcs: int = 10, method: str = "haghverdi",
-               copy: bool = False):
+               eigen_solver: str = "auto", copy: bool = False):
     """Diffusion map (scanpy) and diffusion pseudotime from a principled root.
 
     Needs the neighbour graph (:func:`cluster_latents` or ``sc.pp.neighbors``). See
@@ -717,6 +743,10 @@ def pseudotime(adata, *, root: int | str | None = None,
         instead to components with ``λ ≥ 0.9994`` (a float32 guard); on long trajectories
         sampled by many cells the leading component has such an eigenvalue and is then
         effectively dropped, which can make pseudotime non-monotone along the trajectory.
+    eigen_solver : {"auto", "lanczos", "shift-invert"}
+        How the diffusion map's eigenproblem is solved (same result); ``"auto"`` uses
+        shift-invert from 5,000 cells, where plain Lanczos becomes very slow on long
+        trajectories (see :func:`_diffmap`).
 
     Writes ``obsm["X_diffmap"]``, ``obs["dpt_pseudotime"]`` and ``uns["dpt_root"]`` (the
     root's index and name, the rule that chose it, and the parameters).
@@ -725,6 +755,8 @@ def pseudotime(adata, *, root: int | str | None = None,
 
     if method not in ("haghverdi", "scanpy"):
         raise ValueError(f"method must be 'haghverdi' or 'scanpy', got {method!r}")
+    if eigen_solver not in EIGEN_SOLVERS:
+        raise ValueError(f"eigen_solver must be one of {EIGEN_SOLVERS}, got {eigen_solver!r}")
     adata = adata.copy() if copy else adata
     if "neighbors" not in adata.uns:
         raise KeyError("no neighbour graph in uns['neighbors']; run cellsae.tl.cluster_latents "
@@ -747,7 +779,7 @@ def pseudotime(adata, *, root: int | str | None = None,
         work = adata[keep].copy()
         if root is not None:
             root = int(np.flatnonzero(np.flatnonzero(keep) == dpt_root(adata, root=root))[0])
-    _diffmap(work, n_comps)
+    _diffmap(work, n_comps, solver=eigen_solver)
     iroot = dpt_root(work, root=root, root_group=root_group, live_key=live_key)
     work.uns["iroot"] = iroot
     if method == "scanpy":
@@ -770,7 +802,8 @@ def pseudotime(adata, *, root: int | str | None = None,
                              "root_group": {k: (list(v) if isinstance(v, list | tuple | set)
                                                 else v) for k, v in (root_group or {}).items()},
                              "live_key": live_key, "n_comps": n_comps, "n_dcs": n_dcs,
-                             "method": method, "n_components_graph": int(n_parts),
+                             "method": method, "eigen_solver": eigen_solver,
+                             "n_components_graph": int(n_parts),
                              "n_cells_with_pseudotime": int(np.isfinite(
                                  adata.obs["dpt_pseudotime"].to_numpy(float)).sum())}
     return adata if copy else None

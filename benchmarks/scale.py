@@ -4,7 +4,8 @@ Figures (flat JSON, last line printed):
 
 - ``sae_stream_tokens`` / ``sae_stream_store_gb`` / ``sae_stream_tokens_per_s`` /
   ``sae_stream_peak_rss_gb``: one TopK SAE (d_in 128, 2048 latents, k 32) trained for one
-  pass over a float16 ``.npy`` token store streamed from disk (10M tokens; ``--quick`` 100k),
+  pass over a chunked float16 zarr token store streamed from disk (10M tokens; ``--quick``
+  100k),
   run in a child process whose peak resident memory is reported; ``sae_stream_device``.
 - ``analysis_cells`` / ``analysis_seconds`` / ``analysis_peak_rss_gb``: analysis of
   SAE-like sparse codes of 100k cells (``--quick`` 3k) with ``cellsae.tl``
@@ -68,22 +69,26 @@ def _run_child(code: str, *args: str, timeout: float = 3000) -> dict:
 
 def write_token_store(path: Path, n_tokens: int, d: int, *, seed: int = 0,
                       block: int = 262_144) -> float:
-    """A float16 .npy of sparse superposition tokens (d features, 4d true directions),
-    written block by block (bounded memory). Returns its size in GB."""
+    """A chunked float16 zarr array of sparse superposition tokens (d features, 4d true
+    directions), written block by block (bounded memory). Returns its size in GB.
+
+    zarr rather than an .npy memmap: pages of a memmap that were read count towards the
+    resident set until unmapped, which would blur the streaming memory figure."""
+    import zarr
+
     rng = np.random.default_rng(seed)
     atoms = rng.normal(size=(4 * d, d)).astype(np.float32)
     atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n_tokens, d))
+    out = zarr.open_array(str(path), mode="w", shape=(n_tokens, d), chunks=(65_536, d),
+                          dtype="float16")
     for start in range(0, n_tokens, block):
         n = min(block, n_tokens - start)
         idx = rng.integers(0, len(atoms), size=(n, 8))
         weights = rng.exponential(1.0, size=(n, 8)).astype(np.float32)
         x = np.einsum("nk,nkd->nd", weights, atoms[idx])
         x += 0.05 * rng.standard_normal((n, d), dtype=np.float32)
-        out[start:start + n] = x
-    out.flush()
-    del out
-    return path.stat().st_size / 1e9
+        out[start:start + n] = x.astype(np.float16)
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e9
 
 
 SAE_CHILD = textwrap.dedent("""
@@ -105,13 +110,13 @@ SAE_CHILD = textwrap.dedent("""
 
 
 def sae_stream(tmp: Path, n_tokens: int, d: int = 128, batch: int = 4096) -> dict:
-    store = tmp / "tokens.npy"
+    store = tmp / "tokens.zarr"
     t0 = time.perf_counter()
     size_gb = write_token_store(store, n_tokens, d)
     logger.info("token store: %d x %d float16, %.2f GB written in %.1f s", n_tokens, d,
                 size_gb, time.perf_counter() - t0)
     res = _run_child(SAE_CHILD, str(store), str(n_tokens), str(batch))
-    store.unlink()
+    shutil.rmtree(store)
     return {"sae_stream_tokens": res["tokens"], "sae_stream_store_gb": round(size_gb, 3),
             "sae_stream_tokens_per_s": round(res["tokens"] / res["train_seconds"], 1),
             "sae_stream_seconds": round(res["seconds"], 2),

@@ -87,11 +87,11 @@ _TYPE_T_SCALE = (1.0, 1.0, 1.0, 0.6)
 _TYPE_DEATH_SHIFT = (-0.1, 0.0, 0.05, 0.1)
 # the trajectory, the fates and death are the strongest visual phenotypes (loadings of
 # _FACTOR_STATE are multiplied by these), as they are the strongest RNA signals
-_FACTOR_GAIN = {"t": 4.0, "b1": 4.0, "b2": 4.0, "dead": 1.3}
+_FACTOR_GAIN = {"t": 4.0, "b1": 4.0, "b2": 4.0, "dead": 1.1}
 # visual factors that carry the cell type (morphology and stain intensities)
-_TYPE_FACTORS = ("soma_size", "soma_intensity", "neurite_count", "neurite_branching",
-                 "neurite_thickness", "nuclear_area", "nuclear_eccentricity",
-                 "nuclear_intensity", "mito_count", "lyso_count")
+_TYPE_FACTORS = ("soma_size", "soma_intensity", "neurite_thickness", "nuclear_area",
+                 "nuclear_eccentricity", "nuclear_intensity", "lyso_brightness",
+                 "neurite_branching")
 
 
 @dataclass(frozen=True)
@@ -238,7 +238,7 @@ def _build_structure(params: WorldParams, rng: np.random.Generator) -> _Structur
     rows = [FACTOR_NAMES.index(name) for name in _TYPE_FACTORS]
     # an orthonormal readout: type-to-type distances in factor space are the type space's
     readout, _ = np.linalg.qr(rng.normal(0, 1, (len(rows), _TYPE_EMBEDDING.shape[1])))
-    factor_type[rows] = 4.5 * readout @ (_TYPE_EMBEDDING - _TYPE_EMBEDDING.mean(0)).T
+    factor_type[rows] = 6.0 * readout @ (_TYPE_EMBEDDING - _TYPE_EMBEDDING.mean(0)).T
     # each visible program drives two factors; programs share factors (superposition)
     factor_programs = np.zeros((n_f, n_prog))
     skip = {FACTOR_NAMES.index("death_dye"), FACTOR_NAMES.index("nuclear_fragmentation")}

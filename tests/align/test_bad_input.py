@@ -1,7 +1,6 @@
 """Bad input to the GW-map layer fails early with a message that names the problem, or
 leaves a warning in the result; never silent garbage."""
 
-
 import anndata as ad
 import numpy as np
 import pytest
@@ -65,8 +64,16 @@ def test_nan_and_constant_features(rng):
 def test_disconnected_graph_is_joined_with_a_warning_in_the_result(rng):
     x = np.concatenate([rng.normal(size=(20, 3)), rng.normal(size=(20, 3)) + 50])
     y = np.concatenate([rng.normal(size=(20, 3)), rng.normal(size=(20, 3)) + 50])
-    res = select_gw(x, y, n_neighbors=(4,), epsilons=(5e-2,), metric="euclidean",
-                    mode="distance", device="cpu", max_iter=50)
+    res = select_gw(
+        x,
+        y,
+        n_neighbors=(4,),
+        epsilons=(5e-2,),
+        metric="euclidean",
+        mode="distance",
+        device="cpu",
+        max_iter=50,
+    )
     assert any("components" in w for w in res.warnings)
     assert res.params["cost_info_source"]["n_components"] == 2
     c, info = multiscale_geodesic_cost(x, n_neighbors=(3, 4))
@@ -76,8 +83,9 @@ def test_disconnected_graph_is_joined_with_a_warning_in_the_result(rng):
 def test_non_converged_coupling_warns_and_is_recorded(rng):
     x, y = _pair(rng)
     with pytest.warns(ConvergenceWarning, match="did not converge"):
-        res = select_gw(x, y, n_neighbors=(10,), epsilons=(5e-3,), metric="euclidean",
-                        device="cpu", max_iter=2)
+        res = select_gw(
+            x, y, n_neighbors=(10,), epsilons=(5e-3,), metric="euclidean", device="cpu", max_iter=2
+        )
     assert not res.converged
     assert any("did not converge" in w for w in res.warnings)
     assert "did not converge" in " ".join(res.to_dict()["warnings"])
@@ -99,8 +107,15 @@ def test_unconverged_candidate_is_not_chosen(rng, monkeypatch):
         return res
 
     monkeypatch.setattr(selection, "entropic_gw", flaky)
-    res = select_gw(x, y, n_neighbors=(10,), epsilons=(5e-4, 2e-2, 5e-2), metric="euclidean",
-                    mode="distance", device="cpu")
+    res = select_gw(
+        x,
+        y,
+        n_neighbors=(10,),
+        epsilons=(5e-4, 2e-2, 5e-2),
+        metric="euclidean",
+        mode="distance",
+        device="cpu",
+    )
     cands = res.selection["candidates"]
     assert not cands[0]["converged"] and res.converged
     assert res.selection["chosen"]["epsilon"] in (2e-2, 5e-2)

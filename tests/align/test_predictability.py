@@ -25,28 +25,30 @@ def _kernel_coupling(s_src, s_tgt, bandwidth):
 def planted():
     rng = np.random.default_rng(3)
     n, m = 140, 160
-    s_img = rng.uniform(-2, 2, size=(n, 2))          # shared biology seen by the images
+    s_img = rng.uniform(-2, 2, size=(n, 2))  # shared biology seen by the images
     s_rna = rng.uniform(-2, 2, size=(m, 2))
-    u_rna = rng.normal(size=m)                       # RNA-only variation
+    u_rna = rng.normal(size=m)  # RNA-only variation
     image = np.c_[s_img, s_img**2, rng.normal(size=(n, 3))] + 0.1 * rng.normal(size=(n, 7))
     genes = np.c_[
-        s_rna[:, 0] ** 2 + 0.2 * rng.normal(size=m),         # related to image geometry
-        s_rna[:, 1] + 0.2 * rng.normal(size=m),               # related
-        rng.normal(size=m),                                   # pure noise
-        rng.normal(size=m),                                   # pure noise
-        u_rna + 0.1 * rng.normal(size=m),                     # RNA-only structure
+        s_rna[:, 0] ** 2 + 0.2 * rng.normal(size=m),  # related to image geometry
+        s_rna[:, 1] + 0.2 * rng.normal(size=m),  # related
+        rng.normal(size=m),  # pure noise
+        rng.normal(size=m),  # pure noise
+        u_rna + 0.1 * rng.normal(size=m),  # RNA-only structure
     ]
     names = ["s0_sq", "s1", "noise1", "noise2", "rna_only"]
-    res = GWResult(coupling=_kernel_coupling(s_img, s_rna, bandwidth=0.5), objective=0.0,
-                   converged=True)
+    res = GWResult(
+        coupling=_kernel_coupling(s_img, s_rna, bandwidth=0.5), objective=0.0, converged=True
+    )
     return res, image, genes, names
 
 
 def test_row_permutation_null_is_circular(planted):
     # documents why it is not the default: smoothed noise looks predictable
     res, image, genes, names = planted
-    df = res.predictability(image, genes, gene_names=names, n_permutations=20, seed=0,
-                            null="row_permutation")
+    df = res.predictability(
+        image, genes, gene_names=names, n_permutations=20, seed=0, null="row_permutation"
+    )
     assert df.attrs["null"] == "row_permutation"
     assert df.loc[["noise1", "noise2", "rna_only"], "predictable"].sum() >= 2
 
@@ -72,8 +74,12 @@ def test_predictability_bad_input(planted):
     with pytest.raises(ValueError, match="n_permutations"):
         gene_predictability(image, genes[: image.shape[0]], n_permutations=0)
     with pytest.raises(ValueError, match="shape"):
-        gene_predictability(image, genes[: image.shape[0]], n_permutations=2,
-                            null_imputations=lambda rng: np.zeros((3, 3)))
+        gene_predictability(
+            image,
+            genes[: image.shape[0]],
+            n_permutations=2,
+            null_imputations=lambda rng: np.zeros((3, 3)),
+        )
 
 
 def test_constant_gene_is_never_predictable(rng):
@@ -92,8 +98,9 @@ def test_target_null_is_calibrated_on_smoothed_noise():
     s_img, s_rna = rng.uniform(-2, 2, size=(n, 2)), rng.uniform(-2, 2, size=(m, 2))
     image = np.c_[s_img, s_img**2] + 0.1 * rng.normal(size=(n, 4))
     genes = np.c_[rng.normal(size=(m, 40)), rng.poisson(0.3, size=(m, 20))]
-    res = GWResult(coupling=_kernel_coupling(s_img, s_rna, bandwidth=0.5), objective=0.0,
-                   converged=True)
+    res = GWResult(
+        coupling=_kernel_coupling(s_img, s_rna, bandwidth=0.5), objective=0.0, converged=True
+    )
     df = res.predictability(image, genes, n_permutations=30, seed=2)
     assert df["r2"].median() > 0.2
     assert df["predictable"].sum() <= 1

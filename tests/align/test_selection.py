@@ -28,8 +28,16 @@ def test_multiscale_cost_is_the_mean_of_normalised_scales(rng):
 
 def test_select_gw_multiscale_selects_only_epsilon(rng):
     x, y, lab = _clusters(rng)
-    res = select_gw(x, y, n_neighbors=(8, 15, 30), epsilons=(5e-3, 2e-2), metric="euclidean",
-                    mode="distance", cost="multiscale_geodesic", device="cpu")
+    res = select_gw(
+        x,
+        y,
+        n_neighbors=(8, 15, 30),
+        epsilons=(5e-3, 2e-2),
+        metric="euclidean",
+        mode="distance",
+        cost="multiscale_geodesic",
+        device="cpu",
+    )
     sel = res.selection
     assert len(sel["candidates"]) == 2
     assert sel["chosen"]["n_neighbors"] == [8, 15, 30]

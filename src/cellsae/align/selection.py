@@ -191,6 +191,10 @@ def select_gw(
             disagree[i, j] = disagree[j, i] = d
     consensus = np.array([np.median(np.delete(disagree[i], i)) if n_c > 1 else 0.0
                           for i in range(n_c)])
+    if criterion == "consensus" and n_c < 3:
+        msg = (f"consensus selection needs at least 3 candidates to tell the bulk from an "
+               f"outlier; with {n_c} every candidate scores the same and the first is taken")
+        logger.warning(msg)
     from scipy.spatial.distance import cdist
 
     need_distortion = criterion == "distortion" or x.shape[0] <= 3000
@@ -231,6 +235,8 @@ def select_gw(
         "chosen": {"n_neighbors": ok[best]["n_neighbors"], "epsilon": ok[best]["epsilon"]},
         "seconds": time.perf_counter() - t0,
     }
+    if criterion == "consensus" and n_c < 3:
+        chosen.warnings.append(msg)
     if keep_candidates:
         chosen.selection["_results"] = results
     chosen.params["selected_by"] = criterion

@@ -7,7 +7,10 @@ Pipeline (everything measured in this process, on the same cells):
 2. A small ResNet (``cellsae.embed.train_encoder``, supervised on genotype, donors held
    out) sees the mito, lyso and nucleus channels; the death channel is withheld, as in the
    paper. Its pooled embedding is ``X_cnn``.
-3. A BatchTopK SAE (``cellsae.sae.train``) on ``X_cnn`` gives sparse codes ``X_sae``.
+3. A BatchTopK SAE (``cellsae.sae.train``) on ``X_cnn`` gives sparse codes ``X_sae``; a
+   second one, as in the paper, on every spatial token of the same CNN map
+   (``cellsae.embed.extract(tokens_out=...)``), mean-pooled per cell
+   (``cellsae.tl.token_codes``), gives ``X_sae_tokens`` (keys ``*_sae_tokens``).
 4. Hand-crafted crop statistics of the same three channels (``cellsae.embed.crop_statistics``)
    are ``X_measure``.
 5. ``cellsae.tl.compare_representations`` (k = 5, phenotype = the 0/1 death call), factor
@@ -15,7 +18,8 @@ Pipeline (everything measured in this process, on the same cells):
    against the true progression ``t``.
 
 ``--scale`` instead times neighbours + Leiden + PAGA + DPT on 100k cells × 8,192 sparse
-latents (synthetic codes, L0 ≈ 32) and reports peak memory.
+latents (synthetic codes, L0 ≈ 32, cells on a branching curve) and reports peak memory
+(``scale_100k_seconds``, ``scale_100k_cpu_seconds``, ``scale_100k_peak_gb``).
 
 Usage::
 

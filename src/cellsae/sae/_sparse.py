@@ -64,7 +64,12 @@ def gather_preacts(pre: torch.Tensor, x_centered: torch.Tensor, W_enc, b_enc, b_
     """
     rows = torch.repeat_interleave(torch.arange(pre.shape[0], device=pre.device),
                                    crow[1:] - crow[:-1], output_size=cols.shape[0])
-    values = pre[rows, cols].float()
+    if pre.dtype == torch.float32:
+        values = pre[rows, cols]
+    else:  # low-precision (autocast) selection: recompute the chosen values in fp32
+        with torch.autocast(device_type=pre.device.type, enabled=False):
+            values = torch.einsum("nd,nd->n", x_centered[rows].float(), W_enc[cols].float())
+            values = values + b_enc[cols].float()
     return _GatherPreacts.apply(values, x_centered, W_enc, b_enc, b_dec, crow, cols, pre_bias)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -117,10 +118,17 @@ class SAE(nn.Module, abc.ABC):
         With ``W_enc = W_dec`` the selected codes of a random dictionary overshoot (the
         largest of many random projections), so the first steps would undo a too-large
         reconstruction. The least-squares factor ``c = <x - b_dec, x̂'> / ‖x̂'‖²`` (with
-        ``x̂'`` the bias-free reconstruction on standardised inputs ``x``) fixes that.
-        Returns ``c``.
+        ``x̂'`` the bias-free reconstruction on standardised inputs ``x``, with the latents
+        chosen as in training, e.g. batch-wide for BatchTopK) fixes that. Returns ``c``.
         """
-        x_hat = self.decode_normalised(self.encode_normalised(x)) - self.b_dec
+        if hasattr(self, "_select"):  # the selection training uses (BatchTopK: batch-wide)
+            pre = self._preacts(x, self.W_enc, self.b_enc)
+            crow, cols = self._select(pre, LossContext(update_state=False))
+            rows = torch.repeat_interleave(torch.arange(x.shape[0], device=x.device),
+                                           crow[1:] - crow[:-1], output_size=cols.numel())
+            x_hat = sparse_decode(crow, cols, torch.relu(pre[rows, cols]), self.W_dec)
+        else:
+            x_hat = self.decode_normalised(self.encode_normalised(x)) - self.b_dec
         target = x - self.b_dec
         denominator = float((x_hat * x_hat).sum())
         if denominator <= 0:
@@ -152,6 +160,55 @@ class SAE(nn.Module, abc.ABC):
     @abc.abstractmethod
     def training_forward(self, x: torch.Tensor, ctx: LossContext) -> StepOutput:
         """One training step's forward pass: codes, reconstruction and loss terms."""
+
+    # -- penalty control (L1-type architectures) ----------------------------------------
+
+    def _init_penalty(self, coeff: float, target_l0: float | None, gain: float) -> None:
+        """Set up the sparsity coefficient λ, fixed or steered towards ``target_l0``.
+
+        With a target, λ lives in a buffer (saved in checkpoints, so resuming is exact)
+        and after each training step is multiplied by ``(L0 / target_l0) ** gain``, an
+        integral controller in log space: λ grows while too many latents fire and shrinks
+        while too few do. λ then settles where the batch L0 matches the target.
+        """
+        if coeff < 0:
+            raise ValueError(f"l1_coeff must be non-negative, got {coeff}")
+        if target_l0 is not None and not target_l0 > 0:
+            raise ValueError(f"target_l0 must be positive (or None for a fixed l1_coeff), "
+                             f"got {target_l0}")
+        if not gain > 0:
+            raise ValueError(f"l0_gain must be positive, got {gain}")
+        self.l1_coeff = float(coeff)
+        self.target_l0 = None if target_l0 is None else float(target_l0)
+        self.l0_gain = float(gain)
+        if self.target_l0 is not None:
+            self.register_buffer("l1_coeff_live", torch.tensor(max(self.l1_coeff, 1e-6)))
+            self.register_buffer("log_l0_trend", torch.tensor(float("nan")))
+
+    def _penalty_coeff(self) -> torch.Tensor | float:
+        return self.l1_coeff_live if self.target_l0 is not None else self.l1_coeff
+
+    @torch.no_grad()
+    def _adapt_penalty(self, l0: float, ctx: LossContext) -> None:
+        """One controller step (see :meth:`_init_penalty`).
+
+        L0 answers a change of λ only after the weights have moved, so a plain integral
+        controller overshoots (λ keeps rising while L0 is already falling, and latents
+        pushed far below zero take long to come back). λ is therefore held while L0 is
+        already moving towards the target (judged by a running average of log L0).
+        """
+        if self.target_l0 is None or not ctx.update_state or ctx.sparsity_scale < 1:
+            return
+        log_l0 = math.log(l0 + 0.5)
+        error = log_l0 - math.log(self.target_l0 + 0.5)
+        previous = float(self.log_l0_trend)
+        moving = 0.0 if math.isnan(previous) else log_l0 - previous
+        self.log_l0_trend.fill_(log_l0 if math.isnan(previous) else
+                                0.9 * previous + 0.1 * log_l0)
+        if error * moving < 0 and abs(moving) > 0.05 * abs(error):
+            return  # already heading for the target
+        factor = min(max(math.exp(self.l0_gain * error), 1 / 1.02), 1.02)
+        self.l1_coeff_live.mul_(factor).clamp_(1e-6, 1e6)
 
     # -- shared loss pieces ---------------------------------------------------------------
 

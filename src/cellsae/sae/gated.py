@@ -36,7 +36,14 @@ class GatedSAE(SAE):
     l1_coeff
         λ per sample. The paper's ``λ = 800`` averaged over 8192 latents on unit-norm
         inputs is ``l1_coeff = 800 / 8192`` with ``l2_normalise_inputs=True`` and no
-        standardisation (the ``paper`` preset).
+        standardisation (the ``paper`` preset). The default 5 is the ReLU SAE's (see
+        :class:`~cellsae.sae.ReluSAE`): the penalty acts on the gate pre-activation, whose
+        interference noise has the same scale.
+    target_l0
+        If given, λ is steered during training so that about this many latents fire per
+        sample (``l1_coeff`` is then only the starting value).
+    l0_gain
+        Exponent of the controller's per-step correction ``(L0 / target_l0) ** l0_gain``.
     init_std
         Standard deviation of the initial shared weights (``W_dec`` starts as their
         normalised copy). ``None``: unit-norm rows like the other architectures.
@@ -47,20 +54,20 @@ class GatedSAE(SAE):
     arch = "gated"
     _encoder_biases = ("b_enc", "b_mag")
 
-    def __init__(self, d_in: int, d_sae: int, *, l1_coeff: float = 3.0,
+    def __init__(self, d_in: int, d_sae: int, *, l1_coeff: float = 5.0,
                  init_std: float | None = None, gate_bias_init: float = 0.1,
+                 target_l0: float | None = None, l0_gain: float = 0.02,
                  **kwargs) -> None:
         super().__init__(d_in, d_sae, **kwargs)
-        if l1_coeff < 0:
-            raise ValueError(f"l1_coeff must be non-negative, got {l1_coeff}")
-        self.l1_coeff = float(l1_coeff)
+        self._init_penalty(l1_coeff, target_l0, l0_gain)
         self.init_std = None if init_std is None else float(init_std)
         self.gate_bias_init = float(gate_bias_init)
         self.b_mag = nn.Parameter(torch.zeros(d_sae))
 
     def hparams(self):
         return {**super().hparams(), "l1_coeff": self.l1_coeff, "init_std": self.init_std,
-                "gate_bias_init": self.gate_bias_init}
+                "gate_bias_init": self.gate_bias_init, "target_l0": self.target_l0,
+                "l0_gain": self.l0_gain}
 
     @torch.no_grad()
     def reset_parameters(self, generator, data_mean=None):
@@ -87,7 +94,7 @@ class GatedSAE(SAE):
         recon = self._recon(x, x_hat)
         norms = self.W_dec.norm(dim=1).detach()
         sparsity = (torch.relu(gate_pre).float() * norms).sum(-1).mean()
-        loss = recon + ctx.sparsity_scale * self.l1_coeff * sparsity
+        loss = recon + ctx.sparsity_scale * self._penalty_coeff() * sparsity
         aux = None
         if ctx.aux_alpha > 0 and ctx.k_aux > 0:
             with torch.no_grad():
@@ -102,9 +109,11 @@ class GatedSAE(SAE):
             aux = ctx.aux_alpha * (residual - e_hat).pow(2).sum(-1).mean()
             loss = loss + aux
         active = codes.detach() > 0
-        return StepOutput(loss=loss, x_hat=x_hat, fired=active.any(0),
-                          l0=float(active.sum(1).float().mean()),
+        l0 = float(active.sum(1).float().mean())
+        self._adapt_penalty(l0, ctx)
+        return StepOutput(loss=loss, x_hat=x_hat, fired=active.any(0), l0=l0,
                           parts={"recon": float(recon.detach()), "sparsity": float(sparsity.detach()),
+                                 "l1_coeff": float(self._penalty_coeff()),
                                  "aux": float(aux.detach()) if aux is not None else 0.0})
 
     def _encoder_weight_for(self, bias_name):

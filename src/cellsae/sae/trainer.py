@@ -56,6 +56,8 @@ class TrainConfig:
     aux_alpha: float = 1 / 32
     k_aux: int | None = None
     dead_window: int | None = None
+    resample_every: int | None = None
+    resample_scale: float = 0.2
     center: bool = True
     scale: bool = True
     decoder_bias_init: str = "mean"
@@ -94,6 +96,11 @@ class TrainConfig:
             raise bad("early_stop_patience", self.early_stop_patience, "None or >= 1")
         if self.eval_every < 1:
             raise bad("eval_every", self.eval_every, "it must be a positive integer")
+        if self.resample_every is not None and self.resample_every < 1:
+            raise bad("resample_every", self.resample_every, "None (off) or a number of steps "
+                      ">= 1")
+        if not self.resample_scale > 0:
+            raise bad("resample_scale", self.resample_scale, "it must be positive")
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -170,6 +177,7 @@ class _Run:
         else:
             self.optimizer = torch.optim.Adam(self.sae.parameters(), **kwargs)
         self.samples_since_fired = torch.zeros(config.d_sae, dtype=torch.int64, device=device)
+        self.n_resampled = 0
         self.step = 0
         self.finished = False
         self.history: list[dict] = []
@@ -203,7 +211,7 @@ class _Run:
 
     # -- one step -----------------------------------------------------------------------
 
-    def train_step(self, x_raw: torch.Tensor, autocast: bool) -> None:
+    def train_step(self, x_raw: torch.Tensor, autocast: bool | str) -> None:
         sae, c = self.sae, self.config
         x = sae._standardise(x_raw)
         for group in self.optimizer.param_groups:
@@ -211,8 +219,8 @@ class _Run:
         ctx = LossContext(sparsity_scale=self.sparsity_scale_at(self.step),
                           dead_mask=self.samples_since_fired > self.dead_window,
                           aux_alpha=c.aux_alpha, k_aux=self.k_aux)
-        with torch.autocast(device_type="cuda", dtype=torch.bfloat16,
-                            enabled=autocast and x.is_cuda):
+        use_amp = autocast == "always" or (autocast is True and x.is_cuda)
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=use_amp):
             out = sae.training_forward(x, ctx)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -227,6 +235,9 @@ class _Run:
             sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
             self.samples_since_fired += x.shape[0]
             self.samples_since_fired[out.fired] = 0
+            if c.resample_every and (self.step + 1) % c.resample_every == 0 and \
+                    self.step + 1 < c.n_steps:
+                self.resample_dead(x, out.x_hat.detach().float())
             total_var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
             recon = out.parts.get("recon", float("nan"))
             loss = float(out.loss.detach())
@@ -239,6 +250,50 @@ class _Run:
             self._log_acc[key] = self._log_acc.get(key, 0.0) + value
         self._log_acc["_n"] = self._log_acc.get("_n", 0.0) + 1
         self._early_stop_update(loss)
+
+    @torch.no_grad()
+    def resample_dead(self, x: torch.Tensor, x_hat: torch.Tensor) -> int:
+        """Re-initialise dead latents towards inputs that are badly reconstructed.
+
+        The resampling of Bricken et al. (2023): each dead latent gets the normalised
+        residual ``x - x̂`` of a batch sample drawn with probability ∝ ‖x - x̂‖² as its
+        decoder row, the same direction scaled to ``resample_scale`` × the mean norm of
+        the alive encoder rows as its encoder row, zero biases, and fresh Adam moments.
+        The draw is seeded by (seed, step), so resuming stays exact. Returns the number
+        of latents resampled.
+        """
+        sae = self.sae
+        dead = (self.samples_since_fired > self.dead_window).nonzero().squeeze(1)
+        if dead.numel() == 0:
+            return 0
+        residual = x - x_hat
+        err = residual.pow(2).sum(1)
+        if not float(err.sum()) > 0:
+            return 0
+        gen = torch.Generator(device="cpu").manual_seed(
+            self.config.seed * 1_000_003 + self.step)
+        pick = torch.multinomial(err.cpu(), dead.numel(), replacement=True,
+                                 generator=gen).to(x.device)
+        direction = residual[pick]
+        direction /= direction.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        alive = torch.ones(sae.d_sae, dtype=torch.bool, device=x.device)
+        alive[dead] = False
+        enc_norm = sae.W_enc[alive].norm(dim=1).mean() if alive.any() else \
+            sae.W_enc.norm(dim=1).mean()
+        sae.W_dec[dead] = direction
+        sae.W_enc[dead] = direction * (self.config.resample_scale * enc_norm)
+        for name, param in sae.named_parameters():
+            if name == "b_dec" or param.ndim == 0 or param.shape[0] != sae.d_sae:
+                continue
+            if name.startswith("b_"):
+                param[dead] = 0.0
+            for moment in self.optimizer.state.get(param, {}).values():
+                if torch.is_tensor(moment) and moment.ndim and moment.shape[0] == sae.d_sae:
+                    moment[dead] = 0.0
+        self.samples_since_fired[dead] = 0
+        self.n_resampled += int(dead.numel())
+        logger.info("step %d: resampled %d dead latents", self.step + 1, dead.numel())
+        return int(dead.numel())
 
     def flush_history(self) -> None:
         n = self._log_acc.pop("_n", 0.0)
@@ -280,7 +335,8 @@ class _Run:
 
     def state_json(self) -> dict:
         return {"step": self.step, "finished": self.finished, "history": self.history,
-                "early": self.early, "log_acc": self._log_acc}
+                "early": self.early, "log_acc": self._log_acc,
+                "n_resampled": self.n_resampled}
 
     def load_state(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -302,6 +358,7 @@ class _Run:
         self.history = list(state["history"])
         self.early = dict(state["early"])
         self._log_acc = dict(state.get("log_acc", {}))
+        self.n_resampled = int(state.get("n_resampled", 0))
 
     def result(self, norm: Normalisation, extra: dict) -> SAE:
         sae = copy.deepcopy(self.sae).cpu().eval()
@@ -313,6 +370,7 @@ class _Run:
             "normalisation": {"mean_norm": float(np.linalg.norm(norm.mean)),
                               "scale": norm.scale},
             "final": {**self.last, "dead": dead}, "dead_window": self.dead_window,
+            "n_resampled": self.n_resampled,
             "history": self.history, **extra,
         }
         return sae
@@ -394,7 +452,7 @@ def train(
     n_epochs: float | None = None,
     seed: int = 0,
     device: Any = "auto",
-    autocast: bool = True,
+    autocast: bool | str = True,
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int | None = None,
     keep_checkpoints: int = 2,
@@ -428,7 +486,9 @@ def train(
     device
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
     autocast
-        bf16 autocast on CUDA (parameters stay fp32).
+        ``True``: bf16 autocast on CUDA (parameters, optimiser state and the values of
+        the active latents stay fp32); ``"always"``: on any device, CPU included (for
+        CPUs with fast bf16, and to test the path); ``False``: fp32 throughout.
     checkpoint_dir, checkpoint_every
         Write ``step_<8-digit step>.safetensors`` + ``.json`` every ``checkpoint_every`` steps
         and at the end, keeping the last ``keep_checkpoints``.
@@ -444,7 +504,8 @@ def train(
         Architecture hyperparameters (``l1_coeff``, ``threshold_decay``, ``group_sizes``,
         ``pre_bias``, ...) and recipe settings (``batch_size`` = 4096, ``lr`` (default
         2e-4·√(16384/d_sae)), ``lr_warmup``, ``lr_decay``, ``weight_decay``, ``grad_clip``,
-        ``aux_alpha`` = 1/32, ``k_aux``, ``dead_window``, ``center``, ``scale``,
+        ``aux_alpha`` = 1/32, ``k_aux``, ``dead_window``, ``resample_every`` (steps
+        between resamplings of dead latents; off by default), ``center``, ``scale``,
         ``early_stop_patience``, ``chunk_size``, ``buffer_chunks``, ...); see
         :class:`TrainConfig`.
 
@@ -472,7 +533,7 @@ def train_sweep(
     n_epochs: float | None = None,
     seed: int = 0,
     device: Any = "auto",
-    autocast: bool = True,
+    autocast: bool | str = True,
     progress: bool | None = None,
     log_every: int = 25,
     **shared: Any,
@@ -533,6 +594,9 @@ def _train_runs(source, configs: list[TrainConfig], *, device, autocast, checkpo
                 checkpoint_every, keep_checkpoints, resume, progress, log_every) -> list[SAE]:
     device = resolve_device(device)
     dist_info, device = distributed.setup(device)  # torchrun: join the group (no-op alone)
+    if dist_info.world > 1 and any(c.resample_every for c in configs):
+        raise ValueError("resample_every is not supported in data-parallel (torchrun) "
+                         "training; rely on the AuxK loss (aux_alpha) there")
     first = configs[0]
     l2 = any(c.hparams.get("l2_normalise_inputs", False) for c in configs)
     if len({(c.center, c.scale, c.hparams.get("l2_normalise_inputs", False))

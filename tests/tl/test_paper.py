@@ -95,3 +95,12 @@ def test_paper_analysis_summary(units):
 def test_unknown_control_is_named(units):
     with pytest.raises(ValueError, match="control level 'ctrl'"):
         paper_geometry(units, control="ctrl")
+
+
+def test_small_classes_keep_the_neighbourhoods_that_fit(units):
+    small = units[np.r_[0:80, 80:92, 160:240]].copy()  # 12 SNCA units
+    table = paper_geometry(small, control="healthy", reps={"cnn": "X_cnn"})
+    snca = table[(table["class"] == "SNCA") & (table["metric"] == "knn_sd_ratio")]
+    assert set(snca["k"]) == {5, 10}  # k + 2 units are needed
+    gba = table[(table["class"] == "GBA") & (table["metric"] == "knn_sd_ratio")]
+    assert set(gba["k"]) == {5, 10, 15, 20, 25}

@@ -141,7 +141,8 @@ def paper_geometry(
         x_all = _rep_matrix(adata, key, dead_threshold)
         for cls in _mutants(labels, control, mutants):
             sel = np.flatnonzero((labels == cls) & np.isfinite(y))
-            if len(sel) < max(ks) + 2 or np.std(y[sel]) == 0:
+            usable = [k for k in ks if k + 2 <= len(sel)]  # k neighbours need k + 2 units
+            if not usable or np.std(y[sel]) == 0:
                 logger.warning(
                     "paper geometry: class %r has %d units with a varying %s; skipped",
                     cls,
@@ -149,9 +150,16 @@ def paper_geometry(
                     phenotype,
                 )
                 continue
+            if len(usable) < len(ks):
+                logger.warning(
+                    "paper geometry: class %r has %d units; k > %d skipped",
+                    cls,
+                    len(sel),
+                    max(usable),
+                )
             x, v = x_all[sel], y[sel]
             g = None if groups_nb is None else groups_nb[sel]
-            for k in ks:
+            for k in usable:
                 nb = knn_indices(x, k) if g is None else knn_indices_excluding(x, k, groups=g)
                 rows.append(
                     (

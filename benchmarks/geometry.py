@@ -304,7 +304,7 @@ def _synthetic_codes(n_cells: int, n_latents: int, l0: int, seed: int):
                               shape=(n_cells, n_latents))
     obs_t = t
     dead = (rng.uniform(size=n_cells) < 0.6 * t).astype(int)
-    healthy = rng.uniform(size=n_cells) < 0.25
+    healthy = rng.uniform(size=n_cells) < 0.5 * (t < 0.3)  # healthy cells sit on the stem
     return codes, obs_t, dead, healthy
 
 
@@ -351,7 +351,10 @@ def _run_scale(args) -> dict:
         with _Clock(figures, "paga"):
             sc.tl.paga(lat, groups="leiden")
         with _Clock(figures, "dpt"):
-            pseudotime(lat, root_group={"genotype": "healthy"}, live_key="dead")
+            # branches longer than the stem: diffusion component 1 runs tip to tip, so the
+            # root is the healthy live cell farthest from the others (cellsae.tl.dpt_root)
+            pseudotime(lat, root_group={"genotype": "healthy"}, live_key="dead",
+                       root_rule="farthest")
     figures["n_latents_kept"] = int(lat.n_vars)
     figures["n_leiden"] = int(lat.obs["leiden"].nunique())
     figures["dpt_t_spearman_scale"] = float(spearmanr(lat.obs["dpt_pseudotime"], t,

@@ -226,3 +226,23 @@ def test_shift_invert_and_lanczos_diffusion_maps_agree(rng):
     np.testing.assert_allclose(runs["lanczos"][1], runs["shift-invert"][1], atol=1e-3)
     with pytest.raises(ValueError, match="eigen_solver"):
         pseudotime(lat, eigen_solver="lobpcg")
+
+
+def test_farthest_root_finds_the_stem_end_of_a_long_branching_trajectory(rng):
+    n = 800
+    t = rng.uniform(0, 1, n)
+    branch = rng.integers(0, 2, n)
+    pos = np.c_[t, np.where(branch == 1, 1.0, -1.0) * np.clip(t - 0.2, 0, None) * 1.5]
+    centres = np.c_[rng.uniform(0, 1, 120), rng.uniform(-1.2, 1.2, 120)]
+    dist = ((pos[:, None, :] - centres[None]) ** 2).sum(-1)
+    codes = np.exp(-dist / 0.01) * (dist < 0.04)
+    healthy = (t < 0.2) & (rng.uniform(size=n) < 0.6)
+    obs = pd.DataFrame({"genotype": np.where(healthy, "healthy", "SNCA"), "dead": 0, "t": t})
+    lat = latents_anndata(codes, obs=obs)
+    pca_latents(lat, n_comps=20)
+    cluster_latents(lat, n_neighbors=15, umap=False, paga=False, method="gauss")
+    pseudotime(lat, root_group={"genotype": "healthy"}, root_rule="farthest")
+    assert t[lat.uns["dpt_root"]["index"]] < 0.05
+    assert spearmanr(lat.obs["dpt_pseudotime"], t, nan_policy="omit")[0] > 0.9
+    with pytest.raises(ValueError, match="root_rule"):
+        pseudotime(lat, root_rule="median")

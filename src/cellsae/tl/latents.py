@@ -586,14 +586,21 @@ def _live_mask(adata, live_key: str, candidates: np.ndarray) -> np.ndarray:
 
 
 def dpt_root(adata, *, root: int | str | None = None, root_group: Mapping[str, Any] | None = None,
-             live_key: str | None = None, component: int = 1) -> int:
+             live_key: str | None = None, component: int = 1, rule: str = "component",
+             n_dcs: int = 10) -> int:
     """Choose the root cell for diffusion pseudotime.
 
-    The principled default: among candidate cells (those in ``root_group``, e.g.
-    ``{"genotype": "healthy"}``, that are alive according to ``live_key``), take the cell
-    at the extreme of diffusion component ``component`` (1 = the first non-trivial one,
-    ``obsm["X_diffmap"][:, 1]``), on the side where the candidates lie (the extreme
-    opposite the bulk of the other cells).
+    The principled default (``rule="component"``): among candidate cells (those in
+    ``root_group``, e.g. ``{"genotype": "healthy"}``, that are alive according to
+    ``live_key``), take the cell at the extreme of diffusion component ``component``
+    (1 = the first non-trivial one, ``obsm["X_diffmap"][:, 1]``), on the side where the
+    candidates lie (the extreme opposite the bulk of the other cells).
+
+    ``rule="farthest"``: the candidate farthest, in the DPT metric (components 1 to
+    ``n_dcs − 1`` weighted by ``λ/(1−λ)``), from the centroid of the other cells. On a
+    branching trajectory whose branches are longer than its stem, component 1 runs from
+    tip to tip and its extreme is a branch tip; the farthest rule still finds the stem's
+    end when the candidates (healthy cells) sit on the stem.
 
     Parameters
     ----------
@@ -606,11 +613,16 @@ def dpt_root(adata, *, root: int | str | None = None, root_group: Mapping[str, A
         Death column: a 0/1 call (live = 0) or a continuous rate (live = lowest quartile
         among the candidates).
     component : int
+    rule : {"component", "farthest"}
+    n_dcs : int
+        Components of the farthest rule, counting the trivial one.
 
     Returns
     -------
     int, the root's position.
     """
+    if rule not in ROOT_RULES:
+        raise ValueError(f"root rule must be one of {ROOT_RULES}, got {rule!r}")
     if root is not None:
         if isinstance(root, str):
             where = np.flatnonzero(adata.obs_names == root)
@@ -635,12 +647,21 @@ def dpt_root(adata, *, root: int | str | None = None, root_group: Mapping[str, A
                            live_key)
     idx = np.flatnonzero(candidates)
     others = ~candidates
+    if rule == "farthest":
+        basis = np.asarray(adata.obsm["X_diffmap"], dtype=np.float64)
+        m = int(min(n_dcs, basis.shape[1]))
+        lam = np.clip(np.asarray(adata.uns["diffmap_evals"], dtype=np.float64)[1:m], None,
+                      1 - 1e-9)
+        coords = basis[:, 1:m] * (lam / (1 - lam))
+        centre = coords[others].mean(0) if others.any() else coords.mean(0)
+        return int(idx[np.argmax(((coords[idx] - centre) ** 2).sum(1))])
     reference = np.median(dc[others]) if others.any() else np.median(dc)
     low_side = np.median(dc[idx]) <= reference
     return int(idx[np.argmin(dc[idx])] if low_side else idx[np.argmax(dc[idx])])
 
 
 EIGEN_SOLVERS = ("auto", "lanczos", "shift-invert")
+ROOT_RULES = ("component", "farthest")
 
 
 def _diffmap(adata, n_comps: int, seed: int = 0, solver: str = "auto") -> None:
@@ -727,7 +748,7 @@ def dpt_distances(eigen_basis: np.ndarray, eigen_values: np.ndarray, root: int,
 def pseudotime(adata, *, root: int | str | None = None,
                root_group: Mapping[str, Any] | None = None, live_key: str | None = None,
                n_comps: int = 15, n_dcs: int = 10, method: str = "haghverdi",
-               eigen_solver: str = "auto", copy: bool = False):
+               eigen_solver: str = "auto", root_rule: str = "component", copy: bool = False):
     """Diffusion map (scanpy) and diffusion pseudotime from a principled root.
 
     Needs the neighbour graph (:func:`cluster_latents` or ``sc.pp.neighbors``). See
@@ -747,6 +768,8 @@ def pseudotime(adata, *, root: int | str | None = None,
         How the diffusion map's eigenproblem is solved (same result); ``"auto"`` uses
         shift-invert from 5,000 cells, where plain Lanczos becomes very slow on long
         trajectories (see :func:`_diffmap`).
+    root_rule : {"component", "farthest"}
+        How :func:`dpt_root` picks the root among the candidates.
 
     Writes ``obsm["X_diffmap"]``, ``obs["dpt_pseudotime"]`` and ``uns["dpt_root"]`` (the
     root's index and name, the rule that chose it, and the parameters).
@@ -757,6 +780,8 @@ def pseudotime(adata, *, root: int | str | None = None,
         raise ValueError(f"method must be 'haghverdi' or 'scanpy', got {method!r}")
     if eigen_solver not in EIGEN_SOLVERS:
         raise ValueError(f"eigen_solver must be one of {EIGEN_SOLVERS}, got {eigen_solver!r}")
+    if root_rule not in ROOT_RULES:
+        raise ValueError(f"root_rule must be one of {ROOT_RULES}, got {root_rule!r}")
     adata = adata.copy() if copy else adata
     if "neighbors" not in adata.uns:
         raise KeyError("no neighbour graph in uns['neighbors']; run cellsae.tl.cluster_latents "
@@ -780,7 +805,8 @@ def pseudotime(adata, *, root: int | str | None = None,
         if root is not None:
             root = int(np.flatnonzero(np.flatnonzero(keep) == dpt_root(adata, root=root))[0])
     _diffmap(work, n_comps, solver=eigen_solver)
-    iroot = dpt_root(work, root=root, root_group=root_group, live_key=live_key)
+    iroot = dpt_root(work, root=root, root_group=root_group, live_key=live_key,
+                     rule=root_rule, n_dcs=min(n_dcs, n_comps))
     work.uns["iroot"] = iroot
     if method == "scanpy":
         sc.tl.dpt(work, n_dcs=min(n_dcs, n_comps))
@@ -797,7 +823,9 @@ def pseudotime(adata, *, root: int | str | None = None,
         adata.obs["dpt_pseudotime"] = pt
         iroot = int(np.flatnonzero(keep)[iroot])
         adata.uns["iroot"] = iroot
-    rule = "user" if root is not None else "extreme of diffusion component 1 among candidates"
+    rule = "user" if root is not None else (
+        "extreme of diffusion component 1 among candidates" if root_rule == "component"
+        else "candidate farthest from the other cells in DPT distance")
     adata.uns["dpt_root"] = {"index": iroot, "name": str(adata.obs_names[iroot]), "rule": rule,
                              "root_group": {k: (list(v) if isinstance(v, list | tuple | set)
                                                 else v) for k, v in (root_group or {}).items()},

@@ -7,8 +7,9 @@ chosen WITHOUT labels by the consensus criterion (``cellsae.align.select_gw``).
 ε chosen by the same criterion. For both, the candidates are scored with the truth only
 after the choice: ``*_foscttm_label_tuned`` is the best FOSCTTM any candidate reaches
 (what SCOT reports, tuned on the truth), ``*_foscttm_objective_pick`` that of the lowest
-GW objective, ``*_foscttm_distortion_pick`` that of the label-free "distortion" criterion
-(``select_gw(criterion="distortion")``) and ``*_foscttm_worst`` the worst candidate.
+GW objective, ``*_foscttm_distortion_pick`` / ``*_foscttm_geodesic_distortion_pick`` those
+of the label-free "distortion" / "geodesic_distortion" criteria (``select_gw(criterion=...)``)
+and ``*_foscttm_worst`` the worst candidate.
 ``<data>_foscttm_supervised_ceiling`` (full mode, SNARE-seq and scGEM) is a random forest
 trained on the true pairs, 5-fold cross-validated: a reference, not an alignment.
 
@@ -81,6 +82,9 @@ def _score_one(name, suffix, cost, x, y, src_labels, tgt_labels, ks, epss, *, me
     dist = [c.get("distortion_correlation") for c in cands]
     by_dist = int(np.nanargmax([np.nan if v is None else v for v in dist])) \
         if any(v is not None for v in dist) else None
+    geo = [c.get("geodesic_distortion_correlation") for c in cands]
+    by_geo = int(np.nanargmax([np.nan if v is None else v for v in geo])) \
+        if any(v is not None for v in geo) else None
     best = int(np.argmin(fos))
     k_chosen = cands[chosen]["n_neighbors"]
     p = f"{name}{suffix}"
@@ -94,6 +98,7 @@ def _score_one(name, suffix, cost, x, y, src_labels, tgt_labels, ks, epss, *, me
         f"{p}_label_transfer_label_tuned": lts[best],
         f"{p}_foscttm_objective_pick": fos[by_obj],
         f"{p}_foscttm_distortion_pick": None if by_dist is None else fos[by_dist],
+        f"{p}_foscttm_geodesic_distortion_pick": None if by_geo is None else fos[by_geo],
         f"{p}_foscttm_worst": max(fos),
         f"{p}_n_candidates": len(cands),
         f"{p}_seconds": time.perf_counter() - t0,

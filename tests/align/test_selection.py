@@ -44,3 +44,24 @@ def test_select_gw_multiscale_selects_only_epsilon(rng):
     assert res.params["cost_info_source"]["scales"] == [8, 15, 30]
     assert res.label_transfer_accuracy(lab, lab) > 0.8
     assert "multiscale_geodesic" == res.params["cost"]
+
+
+def test_geodesic_distortion_criterion(rng):
+    x, y, lab = _clusters(rng)
+    res = select_gw(
+        x,
+        y,
+        n_neighbors=(10, 20),
+        epsilons=(5e-3, 2e-2),
+        metric="euclidean",
+        mode="distance",
+        criterion="geodesic_distortion",
+        device="cpu",
+    )
+    cands = res.selection["candidates"]
+    scores = [c["geodesic_distortion_correlation"] for c in cands]
+    assert all(s is not None and -1 <= s <= 1 for s in scores)
+    assert res.selection["chosen_index"] == int(np.argmax(scores))
+    assert res.label_transfer_accuracy(lab, lab) > 0.8
+    with pytest.raises(ValueError, match="kNN-geodesic"):
+        select_gw(x, y, cost="euclidean", criterion="geodesic_distortion", device="cpu")

@@ -673,6 +673,14 @@ def _scale_update(tau, target, prod, pot, eps):
     return torch.exp(tau * torch.log(target / prod) + (tau - 1) * pot / eps)
 
 
+def _scalings_too_large(u, v, limit: float = 30.0) -> bool:
+    """True when ``u_i v_j`` may exceed ``e^(2 limit)`` (or either is not finite/positive)."""
+    import torch
+
+    ext = torch.stack([u.max(), v.max(), 1 / u.min(), 1 / v.min()])
+    return not bool(torch.isfinite(ext).all()) or float(ext.max()) > math.exp(limit)
+
+
 def _sinkhorn_inplace(Z, f, g, logp, logq, p, q, eps, tau_a, tau_b, max_iter, tol, omega=1.0):
     """Warm-started stabilised Sinkhorn for ``min <G, T> - eps H(T)``, in place on ``Z``.
 
@@ -741,6 +749,16 @@ def _sinkhorn_inplace(Z, f, g, logp, logq, p, q, eps, tau_a, tau_b, max_iter, to
         u = u_new
         if tau_b < 1 and err < tol:
             break
+        if inner % 5 == 0 and _scalings_too_large(u, v):
+            # kernel entries clamped at the exp floor could now carry real mass (cold start
+            # at small eps): the caller redoes this step in the log domain
+            return None
+    if _scalings_too_large(u, v):
+        return None
+    if omega != 1 and tau_a == 1:
+        # over-relaxed updates leave both marginals approximate: one plain row update makes
+        # the rows exact (the column error stays at the reported level)
+        u = p / (K @ v)
     ok = bool(torch.isfinite(u).all() and torch.isfinite(v).all()) and bool(
         (u > 0).all() and (v > 0).all()
     )

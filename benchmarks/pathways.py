@@ -228,6 +228,8 @@ def _imputed(world, genes, truth, args) -> dict:
             out[f"imputed{tag}_status"] = f"not measured: gw_map failed ({type(err).__name__}: {err})"
             continue
         out[f"seconds_gw{tag}"] = time.perf_counter() - t0
+        if (pairing >= 0).all():
+            out[f"gw{tag}_foscttm"] = float(gw.foscttm(pairing))
         ok = ~np.isnan(imputed).any(1)
         imputed = imputed[ok]
         if (pairing >= 0).all():

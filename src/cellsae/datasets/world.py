@@ -71,8 +71,8 @@ _RENDER_BLOCK = 64
 # own fluctuation). Both parts are nested, so gene-gene correlation steps down level by
 # level; the state parts of all 27 terms are decorrelated over the state distribution, so
 # the state alone already carries the hierarchy (what a GW-imputed expression can show).
-_LEVEL_STATE = (1.1, 0.95, 0.85)
-_LEVEL_NOISE = (0.45, 0.5, 0.6)
+_LEVEL_STATE = (1.0, 0.85, 1.0)
+_LEVEL_NOISE = (0.4, 0.45, 0.75)
 # Neuronal subtypes of the culture (discrete states both modalities express).
 CELL_TYPES = ("dopaminergic", "glutamatergic", "GABAergic", "immature")
 _CELL_TYPE_PROPORTIONS = (0.4, 0.27, 0.2, 0.13)

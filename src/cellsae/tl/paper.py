@@ -191,6 +191,13 @@ def paper_geometry(
                     r2_groups,
                     n_splits,
                 )
+            elif len(sel) < 2 * n_splits:
+                logger.warning(
+                    "paper geometry: class %r has %d units, too few for %d-fold R²; skipped",
+                    cls,
+                    len(sel),
+                    n_splits,
+                )
             else:
                 r2 = phenotype_r2(
                     x, v, groups=gr, n_splits=n_splits, n_components=n_components, seed=seed

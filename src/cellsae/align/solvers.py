@@ -673,12 +673,19 @@ def _scale_update(tau, target, prod, pot, eps):
     return torch.exp(tau * torch.log(target / prod) + (tau - 1) * pot / eps)
 
 
-def _scalings_too_large(u, v, limit: float = 30.0) -> bool:
-    """True when ``u_i v_j`` may exceed ``e^(2 limit)`` (or either is not finite/positive)."""
+def _scalings_too_large(u, v, floor: float) -> bool:
+    """True when a kernel entry clamped at ``exp(floor)`` could carry real mass.
+
+    A clamped entry contributes at most ``max(u) max(v) exp(floor)`` to the coupling;
+    this flags products above ``exp(-floor - 30)`` (so that contribution could exceed
+    ``e^-30``), or scalings that are not finite and positive.
+    """
     import torch
 
-    ext = torch.stack([u.max(), v.max(), 1 / u.min(), 1 / v.min()])
-    return not bool(torch.isfinite(ext).all()) or float(ext.max()) > math.exp(limit)
+    ext = torch.stack([u.max(), v.max(), u.min(), v.min()])
+    if not bool(torch.isfinite(ext).all()) or float(ext[2:].min()) <= 0:
+        return True
+    return math.log(float(ext[0])) + math.log(float(ext[1])) > -floor - 30.0
 
 
 def _sinkhorn_inplace(Z, f, g, logp, logq, p, q, eps, tau_a, tau_b, max_iter, tol, omega=1.0):
@@ -719,7 +726,8 @@ def _sinkhorn_inplace(Z, f, g, logp, logq, p, q, eps, tau_a, tau_b, max_iter, to
             return _sinkhorn_log(Z, f, g, logp, logq, eps, tau_a, tau_b, max_iter, tol)
     # exp of float32 arguments below -87.3 underflows through a slow path (10x slower per
     # element): clamp first; exp(-87) ~ 1.6e-38 is as good as zero next to the row masses
-    K = Z.clamp_(min=_EXP_FLOOR[Z.dtype]).exp_()
+    floor = _EXP_FLOOR[Z.dtype]
+    K = Z.clamp_(min=floor).exp_()
     u = torch.ones_like(p)
     v = torch.ones_like(q)
     err = best_err = float("inf")
@@ -749,11 +757,11 @@ def _sinkhorn_inplace(Z, f, g, logp, logq, p, q, eps, tau_a, tau_b, max_iter, to
         u = u_new
         if tau_b < 1 and err < tol:
             break
-        if inner % 5 == 0 and _scalings_too_large(u, v):
+        if inner % 5 == 0 and _scalings_too_large(u, v, floor):
             # kernel entries clamped at the exp floor could now carry real mass (cold start
             # at small eps): the caller redoes this step in the log domain
             return None
-    if _scalings_too_large(u, v):
+    if _scalings_too_large(u, v, floor):
         return None
     if omega != 1 and tau_a == 1:
         # over-relaxed updates leave both marginals approximate: one plain row update makes

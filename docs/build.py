@@ -45,6 +45,11 @@ def config_reference() -> str:
              "See `examples/` for complete files.", ""]
     for section, field in PipelineConfig.model_fields.items():
         model = field.annotation
+        if not hasattr(model, "model_fields"):  # a top-level scalar such as `preset`
+            ann = str(model).replace("typing.", "").replace("|", "or")
+            lines += [f"## `{section}`", "", (field.description or "").strip(), "",
+                      f"type {ann}, default `{field.default!r}`", ""]
+            continue
         lines += [f"## `{section}`", "", (model.__doc__ or "").strip(), "",
                   "| key | type | default |", "|---|---|---|"]
         for name, f in model.model_fields.items():

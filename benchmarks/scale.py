@@ -291,6 +291,8 @@ def main(argv=None) -> int:
     n_cells = args.cells or (3_000 if args.quick else 100_000)
     figures: dict = {"quick": bool(args.quick)}
     t0 = time.perf_counter()
+    if args.tmp is not None:
+        args.tmp.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="cellsae_scale_", dir=args.tmp))
     try:
         for name, step in (("sae_stream", lambda: sae_stream(tmp, n_tokens)),

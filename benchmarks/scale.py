@@ -101,7 +101,12 @@ SAE_CHILD = textwrap.dedent("""
                 n_steps=n_tokens // batch, chunk_size=65536, buffer_chunks=4, seed=0,
                 device="auto", progress=False)
     seconds = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB -> GB
+    # VmHWM is this process's own peak; ru_maxrss keeps the parent's high-water mark
+    # across fork + exec on Linux, so it can report the parent's memory instead
+    rss = (next((int(line.split()[1]) for line in open("/proc/self/status")
+                 if line.startswith("VmHWM")), 0)
+           if sys.platform.startswith("linux")
+           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1e6  # KiB -> GB
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(json.dumps({"seconds": seconds, "train_seconds": sae.train_info["train_seconds"],
                       "tokens": (n_tokens // batch) * batch, "peak_rss_gb": rss,
@@ -152,7 +157,12 @@ ANALYSIS_CHILD = textwrap.dedent("""
     t = time.perf_counter()
     tl.cluster_latents(adata, n_neighbors=15)
     times["neighbors_leiden"] = time.perf_counter() - t
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    # VmHWM is this process's own peak; ru_maxrss keeps the parent's high-water mark
+    # across fork + exec on Linux, so it can report the parent's memory instead
+    rss = (next((int(line.split()[1]) for line in open("/proc/self/status")
+                 if line.startswith("VmHWM")), 0)
+           if sys.platform.startswith("linux")
+           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1e6  # KiB -> GB
     n_clusters = int(adata.obs[[c for c in adata.obs.columns if "leiden" in c][0]].nunique())
     print(json.dumps({"times": times, "peak_rss_gb": rss, "n_clusters": n_clusters}))
 """)

@@ -260,8 +260,6 @@ def stage_sae(ctx: StageContext) -> None:
 
 
 def stage_analyze(ctx: StageContext) -> None:
-    from scipy import sparse
-
     from . import tl
     from .tl.differential import significant_mask
 
@@ -271,16 +269,7 @@ def stage_analyze(ctx: StageContext) -> None:
     _design_check(ctx, raw.obs)
     if a.preset == "paper":
         return _analyze_paper(ctx, raw)
-    adata = tl.latents_anndata(raw)
-    for key in ("X_cnn", "X_measure", "X_pixels", "factors", "programs"):
-        if key in raw.obsm:
-            adata.obsm[key] = np.asarray(raw.obsm[key])
-    acts = adata.layers["activations"] if "activations" in adata.layers else adata.X
-    adata.obsm["X_sae"] = (acts.toarray() if sparse.issparse(acts) else np.asarray(acts)
-                           ).astype(np.float32)
-    tl.pca_latents(adata, n_comps=min(50, adata.n_vars - 1), seed=cfg.run.seed)
-    tl.cluster_latents(adata, n_neighbors=a.n_neighbors, resolution=a.leiden_resolution,
-                       seed=cfg.run.seed)
+    adata = _clustered_latents(raw, cfg)
     label, donor = cfg.inputs.label_key, cfg.inputs.donor_key
     phenotype = cfg.inputs.phenotype_key
     healthy = "healthy" if "healthy" in set(adata.obs[label].astype(str)) else None
@@ -339,23 +328,11 @@ def _design_check(ctx: StageContext, obs: pd.DataFrame) -> None:
 def _analyze_paper(ctx: StageContext, raw: ad.AnnData) -> None:
     """The analysis preset ``paper`` (cellsae.tl.paper): the paper's geometry within each
     mutant class, DPT per control + mutant pair and the volcano, on units with a death rate."""
-    from scipy import sparse
-
-    from . import tl
     from .tl.paper import paper_analysis
 
     cfg = ctx.config
     a = cfg.analyze
-    adata = tl.latents_anndata(raw)
-    for key in ("X_cnn", "X_measure", "X_pixels", "factors", "programs"):
-        if key in raw.obsm:
-            adata.obsm[key] = np.asarray(raw.obsm[key])
-    acts = adata.layers["activations"] if "activations" in adata.layers else adata.X
-    adata.obsm["X_sae"] = (acts.toarray() if sparse.issparse(acts) else np.asarray(acts)
-                           ).astype(np.float32)
-    tl.pca_latents(adata, n_comps=min(50, adata.n_vars - 1), seed=cfg.run.seed)
-    tl.cluster_latents(adata, n_neighbors=a.n_neighbors, resolution=a.leiden_resolution,
-                       seed=cfg.run.seed)
+    adata = _clustered_latents(raw, cfg)
     label = cfg.inputs.label_key
     settings = {"label_key": label, "phenotype": cfg.inputs.phenotype_key,
                 "seed": cfg.run.seed, **a.paper}
@@ -512,3 +489,23 @@ def default_stages() -> list[Stage]:
               ("world", "ingest", "embed", "sae", "analyze", "align", "pathways"),
               merge(section("report"), section("run")), lambda c: c.report.enabled),
     ]
+
+
+def _clustered_latents(raw, cfg):
+    """Latents as an analysis AnnData (carried representations, dense ``X_sae``), PCA, Leiden."""
+    from scipy import sparse
+
+    from . import tl
+
+    a = cfg.analyze
+    adata = tl.latents_anndata(raw)
+    for key in ("X_cnn", "X_measure", "X_pixels", "factors", "programs"):
+        if key in raw.obsm:
+            adata.obsm[key] = np.asarray(raw.obsm[key])
+    acts = adata.layers["activations"] if "activations" in adata.layers else adata.X
+    adata.obsm["X_sae"] = (acts.toarray() if sparse.issparse(acts) else np.asarray(acts)
+                           ).astype(np.float32)
+    tl.pca_latents(adata, n_comps=min(50, adata.n_vars - 1), seed=cfg.run.seed)
+    tl.cluster_latents(adata, n_neighbors=a.n_neighbors, resolution=a.leiden_resolution,
+                       seed=cfg.run.seed)
+    return adata

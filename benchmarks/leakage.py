@@ -103,6 +103,7 @@ def _embed(crops, labels, split, *, train: bool, epochs: int, seed: int) -> np.n
 
     from cellsae.embed import build_encoder, train_encoder
     from cellsae.embed.extract import extract
+    from cellsae.presets import PAPER_TRAIN
 
     if train:
         model = train_encoder(
@@ -120,14 +121,7 @@ def _embed(crops, labels, split, *, train: bool, epochs: int, seed: int) -> np.n
                 "temperature": 0.07,
                 "queue_size": 1024,
                 "patience": None,
-                "augment": {
-                    "rot90": True,
-                    "flip": False,
-                    "affine_p": 0.0,
-                    "intensity_scale": 0.0,
-                    "blur_p": 0.0,
-                    "noise": 0.0,
-                },
+                "augment": dict(PAPER_TRAIN["augment"]),  # rot90 only, as the paper
             },
             device="cpu",
             seed=seed,

@@ -528,8 +528,13 @@ def _entropic_gw(
                 out.add_(Mt, alpha=-(1 - alpha) / eps)
             return out
 
+        def rebuild(f_new, g_new, build=build, log_kernel=log_kernel, T=T, Z=Z, exact=exact):
+            # the exact path's builder consumed its cross term: recompute it
+            bld = cross_terms(T, exact, Z)[1] if exact or lr1 is None else build
+            return log_kernel(bld, f=f_new, g=g_new)
+
         args = (f, g, logp, logq, pt, qt, eps, tau_source, tau_target, inner_max_iter, inner_tol)
-        solved = _sinkhorn_inplace(log_kernel(build), *args, overrelaxation)
+        solved = _sinkhorn_inplace(log_kernel(build), *args, overrelaxation, rebuild=rebuild)
         if solved is None:
             # the scaling kernel underflowed: rebuild the log-kernel, solve in log domain
             solved = _sinkhorn_log(
@@ -673,48 +678,42 @@ def _scale_update(tau, target, prod, pot, eps):
     return torch.exp(tau * torch.log(target / prod) + (tau - 1) * pot / eps)
 
 
-def _scalings_too_large(u, v, floor: float) -> bool:
+def _scalings_too_large(u, v, floor: float, low: float = -math.inf) -> bool:
     """True when a kernel entry clamped at ``exp(floor)`` could carry real mass.
 
     A clamped entry contributes at most ``max(u) max(v) exp(floor)`` to the coupling;
     this flags products above ``exp(-floor - 30)`` (so that contribution could exceed
-    ``e^-30``), or scalings that are not finite and positive.
+    ``e^-30``), a scaling below ``exp(low)``, or scalings that are not finite and
+    positive.
     """
     import torch
 
     ext = torch.stack([u.max(), v.max(), u.min(), v.min()])
     if not bool(torch.isfinite(ext).all()) or float(ext[2:].min()) <= 0:
         return True
+    if math.log(float(ext[2:].min())) < low:
+        return True
     return math.log(float(ext[0])) + math.log(float(ext[1])) > -floor - 30.0
 
 
-def _sinkhorn_inplace(Z, f, g, logp, logq, p, q, eps, tau_a, tau_b, max_iter, tol, omega=1.0):
-    """Warm-started stabilised Sinkhorn for ``min <G, T> - eps H(T)``, in place on ``Z``.
+def _recentre(Z, f, g, logp, logq, eps, tau_a, tau_b):
+    """Shift the log-kernel ``Z`` in place so that its exponential neither overflows nor
+    loses whole rows or columns; returns ``(f, g, ok)``.
 
-    On entry ``Z = (f ⊕ g - G) / eps`` holds the log-kernel at the current potentials (in
-    cost units); on return ``Z`` holds the new coupling ``T = exp((f ⊕ g - G) / eps)`` for
-    the updated potentials. Rows whose maximum would overflow or underflow are re-centred
-    (absorbed into ``f``); only if some column would then underflow are log-domain half steps taken (cold start,
-    annealing jumps, small ε), and only if that is not enough does the whole solve stay in
-    the log domain. Then plain scaling iterations run on the kernel and are absorbed back
-    into the potentials.
-
-    Returns ``(T, f, g, inner_iterations, marginal_error, used_log_domain)``, or None when
-    the scaling iterations underflowed (``Z`` is then spent: rebuild it and call
-    ``_sinkhorn_log``).
+    Only rows whose maximum would overflow or underflow are re-centred (absorbed into
+    ``f``): the warm potentials' relative row scales are what makes the warm start good.
+    If some column would then underflow, one log-domain half step for ``g`` then ``f``
+    follows; ``ok`` is False when a row or column would still underflow.
     """
     import torch
 
     if tau_a > 0:
-        # re-centre only rows that would overflow or underflow: the warm potentials'
-        # relative row scales are what makes the warm start good
         rmax = Z.amax(1)
         shift = torch.where((rmax > 20) | (rmax < -60), rmax, torch.zeros_like(rmax))
         if bool((shift != 0).any()):
             Z.sub_(shift[:, None])
             f = f - eps * shift
     if tau_b > 0 and float(Z.amax(0).min()) < -60.0:
-        # some column would underflow: log-domain half steps for g then f
         dg = tau_b * (logq - _lse(Z, 0)) + (tau_b - 1) * g / eps
         Z.add_(dg[None, :])
         g = g + eps * dg
@@ -723,46 +722,126 @@ def _sinkhorn_inplace(Z, f, g, logp, logq, p, q, eps, tau_a, tau_b, max_iter, to
             Z.add_(df[:, None])
             f = f + eps * df
         if float(Z.amax(0).min()) < -60.0 or float(Z.amax(1).min()) < -60.0:
-            return _sinkhorn_log(Z, f, g, logp, logq, eps, tau_a, tau_b, max_iter, tol)
-    # exp of float32 arguments below -87.3 underflows through a slow path (10x slower per
-    # element): clamp first; exp(-87) ~ 1.6e-38 is as good as zero next to the row masses
+            return f, g, False
+    return f, g, True
+
+
+def _sinkhorn_inplace(
+    Z,
+    f,
+    g,
+    logp,
+    logq,
+    p,
+    q,
+    eps,
+    tau_a,
+    tau_b,
+    max_iter,
+    tol,
+    omega=1.0,
+    rebuild=None,
+    max_absorb: int = 40,
+):
+    """Warm-started stabilised Sinkhorn for ``min <G, T> - eps H(T)``, in place on ``Z``.
+
+    On entry ``Z = (f ⊕ g - G) / eps`` holds the log-kernel at the current potentials (in
+    cost units); on return ``Z`` holds the new coupling ``T = exp((f ⊕ g - G) / eps)`` for
+    the updated potentials. Rows whose maximum would overflow or underflow are re-centred
+    (absorbed into ``f``), and log-domain half steps are taken where a column would
+    underflow (see ``_recentre``). Then scaling iterations run on the kernel
+    ``exp(max(Z, floor))`` and are absorbed back into the potentials at the end.
+
+    With ``rebuild`` (a callable ``(f, g) -> Z`` that rewrites the log-kernel for new
+    potentials into the same buffer), the scalings are also absorbed whenever they grow
+    large enough for clamped kernel entries to matter (cold starts, small ε: the
+    absorption-stabilised Sinkhorn of Schmitzer 2019); the kernel is rebuilt and the
+    iterations go on in the scaling domain, which costs one matrix product and one
+    exponential per absorption instead of two log-sum-exps per iteration. Without it (or
+    after ``max_absorb`` absorptions) such a step returns None.
+
+    Returns ``(T, f, g, inner_iterations, marginal_error, used_log_domain)``, or None when
+    the scaling iterations underflowed (``Z`` is then spent: rebuild it and call
+    ``_sinkhorn_log``).
+    """
+    import torch
+
     floor = _EXP_FLOOR[Z.dtype]
-    K = Z.clamp_(min=floor).exp_()
-    u = torch.ones_like(p)
-    v = torch.ones_like(q)
-    err = best_err = float("inf")
-    inner = 0
-    for inner in range(1, max_iter + 1):
-        kt = K.T @ u
-        if tau_b == 1 and inner > 1:
-            err = float((v * kt - q).abs().sum())
-            if err < tol or not math.isfinite(err):
+    # with absorption, tiny scalings are absorbed too (their products with the kernel
+    # approach the bottom of the float range)
+    low = -math.inf if rebuild is None else -60.0
+    inner = 0  # scaling iterations over all absorptions
+    n_absorb = 0
+    err = float("inf")
+    while True:
+        f, g, ok = _recentre(Z, f, g, logp, logq, eps, tau_a, tau_b)
+        if not ok and rebuild is None:
+            return _sinkhorn_log(Z, f, g, logp, logq, eps, tau_a, tau_b, max_iter, tol)
+        # exp of float32 arguments below -87.3 underflows through a slow path (10x slower
+        # per element): clamp first; exp(-87) ~ 1.6e-38 is as good as zero next to the
+        # row masses
+        K = Z.clamp_(min=floor).exp_()
+        u = torch.ones_like(p)
+        v = torch.ones_like(q)
+        u_ok, v_ok = u, v  # the last scalings that passed the size check
+        best_err = float("inf")
+        absorb = False
+        k = 0
+        while inner < max_iter:
+            inner += 1
+            k += 1
+            kt = K.T @ u
+            if tau_b == 1 and k > 1:
+                err = float((v * kt - q).abs().sum())
+                if err < tol or not math.isfinite(err):
+                    break
+                if err > 10 * best_err and omega > 1:
+                    # over-relaxation overshoots (far from the fixed point): damp it
+                    omega = 1 + (omega - 1) / 2
+                best_err = min(best_err, err)
+            v_new = _scale_update(tau_b, q, kt, g, eps) if tau_b > 0 else torch.exp(-g / eps)
+            if omega != 1 and tau_b == 1 and k > 1:
+                v_new = v * (v_new / v) ** omega
+            if tau_b < 1 and tau_a < 1:
+                err = float((v_new - v).abs().sum() / v.abs().sum())
+            v = v_new
+            kv = K @ v
+            if tau_b < 1 and tau_a == 1:
+                err = float((u * kv - p).abs().sum())
+            u_new = _scale_update(tau_a, p, kv, f, eps) if tau_a > 0 else torch.exp(-f / eps)
+            if omega != 1 and tau_a == 1 and k > 1:
+                u_new = u * (u_new / u) ** omega
+            u = u_new
+            if tau_b < 1 and err < tol:
                 break
-            if err > 10 * best_err and omega > 1:
-                # over-relaxation overshoots (far from the fixed point): damp it
-                omega = 1 + (omega - 1) / 2
-            best_err = min(best_err, err)
-        v_new = _scale_update(tau_b, q, kt, g, eps) if tau_b > 0 else torch.exp(-g / eps)
-        if omega != 1 and tau_b == 1 and inner > 1:
-            v_new = v * (v_new / v) ** omega
-        if tau_b < 1 and tau_a < 1:
-            err = float((v_new - v).abs().sum() / v.abs().sum())
-        v = v_new
-        kv = K @ v
-        if tau_b < 1 and tau_a == 1:
-            err = float((u * kv - p).abs().sum())
-        u_new = _scale_update(tau_a, p, kv, f, eps) if tau_a > 0 else torch.exp(-f / eps)
-        if omega != 1 and tau_a == 1 and inner > 1:
-            u_new = u * (u_new / u) ** omega
-        u = u_new
-        if tau_b < 1 and err < tol:
+            if (rebuild is not None or k % 5 == 0) and _scalings_too_large(u, v, floor, low):
+                # kernel entries clamped at the exp floor could now carry real mass (cold
+                # start at small eps): absorb the last sound scalings and rebuild, or let
+                # the caller redo this step in the log domain
+                absorb = True
+                break
+            u_ok, v_ok = u, v
+        if not absorb and not _scalings_too_large(u, v, floor, low):
             break
-        if inner % 5 == 0 and _scalings_too_large(u, v, floor):
-            # kernel entries clamped at the exp floor could now carry real mass (cold start
-            # at small eps): the caller redoes this step in the log domain
+        if rebuild is None or n_absorb >= max_absorb:
             return None
-    if _scalings_too_large(u, v, floor):
-        return None
+        if bool(torch.isfinite(u).all() and torch.isfinite(v).all()) and bool(
+            (u > 0).all() and (v > 0).all()
+        ):
+            u_ok, v_ok = u, v  # large but sound: absorb the latest scalings
+        n_absorb += 1
+        f = f + eps * torch.log(u_ok)
+        g = g + eps * torch.log(v_ok)
+        Z = rebuild(f, g)
+        if inner >= max_iter:
+            # iteration budget spent: the rebuilt kernel at the absorbed potentials is the
+            # coupling (rows re-balanced by one plain update below)
+            f, g, _ = _recentre(Z, f, g, logp, logq, eps, tau_a, tau_b)
+            K = Z.clamp_(min=floor).exp_()
+            u, v = torch.ones_like(p), torch.ones_like(q)
+            if tau_a == 1:
+                u = p / (K @ v)
+            break
     if omega != 1 and tau_a == 1:
         # over-relaxed updates leave both marginals approximate: one plain row update makes
         # the rows exact (the column error stays at the reported level)

@@ -38,6 +38,7 @@ def test_paper_preset_fills_every_stage_with_the_papers_settings(tmp_path):
     assert cfg.embed.split_fractions == pytest.approx((0.5, 1 / 6, 1 / 3))
     # SAE: the gated paper preset
     assert cfg.sae.preset == "paper" and cfg.sae.arch == "gated" and cfg.sae.d_sae == 8192
+    assert cfg.sae.input == "tokens" and cfg.sae.token_norm == "paper" and cfg.sae.pool == "mean"
     # analysis
     assert cfg.analyze.preset == "paper" and cfg.analyze.n_neighbors == 5
     assert cfg.analyze.leiden_resolution == 0.45
@@ -63,6 +64,23 @@ def test_paper_sae_preset_matches_reference():
     assert p["l1_coeff"] == pytest.approx(800 / 8192)  # λ 800 averaged over latents
     assert p["aux_alpha"] == pytest.approx(1 / 32) and p["k_aux"] == 32
     assert p["lr"] == 3e-4 and p["l2_normalise_inputs"]
+
+
+def test_paper_lambda_is_averaged_over_latents():
+    from cellsae.sae.trainer import _build_config
+
+    def l1(**kw):
+        arch, d_sae = kw.pop("arch", None), kw.pop("d_sae", None)
+        cfg = _build_config(arch, d_sae, None, kw.pop("preset", "paper"), {"seed": 0, **kw},
+                            1000, 10, None)
+        return cfg.hparams["l1_coeff"]
+
+    assert l1() == pytest.approx(800 / 8192)
+    assert l1(d_sae=4096) == pytest.approx(800 / 4096)  # λ 800 stays 800 over latents
+    assert l1(d_sae=256) == pytest.approx(3.125)
+    assert l1(d_sae=4096, l1_coeff=0.5) == 0.5  # an explicit per-latent coefficient wins
+    assert l1(d_sae=1000, l1_total=200) == pytest.approx(0.2)
+    assert l1(preset=None, arch="relu", d_sae=100, l1_total=50) == pytest.approx(0.5)
 
 
 def test_user_values_win_over_the_preset(tmp_path):
@@ -116,13 +134,16 @@ def test_paper_mode_runs_end_to_end(tmp_path):
             "world": {"n_cells": 240, "plate_cells": 240},
             "ingest": {"settings": {"n_workers": 0}},
             "embed": {"train": {"epochs": 1}},
-            "sae": {"d_sae": 64, "n_epochs": 1, "settings": {"l1_coeff": 800 / 64}},
+            "sae": {"d_sae": 64, "n_epochs": 1},
         },
     )
     cfg = load_pipeline_config(data)
     status = Pipeline(cfg).run()
     assert status["analyze"] == "ran" and status["report"] == "ran"
     run = tmp_path / "run"
+    sidecar = json.loads((run / "sae" / "outputs" / "sae.json").read_text())["training"]
+    assert sidecar["token_norm"] == "paper"  # a reloaded SAE is fed normalised tokens
+    assert sidecar["config"]["hparams"]["l1_coeff"] == pytest.approx(800 / 64)
     tiles = json.loads((run / "ingest" / "manifest.json").read_text())["metrics"]
     assert tiles["n_tiles"] > 0 and tiles["n_tiles_with_death_rate"] > 0
     summary = json.loads((run / "analyze" / "outputs" / "paper_summary.json").read_text())

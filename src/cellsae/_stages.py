@@ -217,14 +217,28 @@ def stage_sae(ctx: StageContext) -> None:
     x = np.asarray(cells.obsm["X_cnn"], np.float32)
     # sae.input "tokens": train on every spatial token of the CNN map and pool the token
     # codes per cell (the paper's SAE); "embedding": train on the pooled cell embedding
-    data, key = x, None
+    data, key, store = x, None, None
+    if s.token_norm != "none" and s.input != "tokens":
+        raise ValueError(f"sae.token_norm is {s.token_norm!r} but sae.input is {s.input!r}; "
+                         "token normalisation applies to spatial tokens (sae.input: tokens)")
     if s.input == "tokens":
-        data, key = _outputs(ctx, "embed") / "tokens.zarr", "tokens"
-        if not data.exists():
+        from .sae.tokennorm import NormalizedTokenStore, normalized_source
+
+        path = _outputs(ctx, "embed") / "tokens.zarr"
+        if not path.exists():
             raise FileNotFoundError(f"sae.input is 'tokens' but the embed stage wrote no token "
-                                    f"store ({data}); set embed.tokens: true and re-run embed")
+                                    f"store ({path}); set embed.tokens: true and re-run embed")
+        # one pass gathers each unit's GAP vector; the same normalised view feeds training,
+        # evaluation and encoding, so the SAE never sees tokens normalised another way
+        store = NormalizedTokenStore(path, s.token_norm)
+        data = normalized_source(path, s.token_norm, store=store)
     if cfg.inputs.sae_checkpoint is not None:
         model = sae_mod.load(cfg.inputs.sae_checkpoint)
+        trained_with = (getattr(model, "train_info", {}) or {}).get("token_norm", "none")
+        if s.input == "tokens" and trained_with != s.token_norm:
+            raise ValueError(f"the SAE '{cfg.inputs.sae_checkpoint}' was trained on tokens "
+                             f"with token_norm {trained_with!r} but sae.token_norm is "
+                             f"{s.token_norm!r}; set sae.token_norm: {trained_with}")
     else:
         n_rows = sae_mod.open_source(data, key=key).n
         settings = {"batch_size": min(s.batch_size, max(16, n_rows // 4)), **s.settings}
@@ -233,6 +247,8 @@ def stage_sae(ctx: StageContext) -> None:
                               n_epochs=s.n_epochs, seed=cfg.run.seed, device=cfg.run.device,
                               checkpoint_dir=ctx.checkpoint_dir, checkpoint_every=100,
                               resume=resume, **settings)
+        if s.input == "tokens":
+            model.train_info["token_norm"] = s.token_norm
     model.save(ctx.out / "sae.safetensors")
     report = sae_mod.evaluate(model, data, key=key)
     ctx.metrics.update({k: v for k, v in report.to_dict().items()
@@ -241,10 +257,14 @@ def stage_sae(ctx: StageContext) -> None:
         from .tl import token_codes
         from .tl.sae import latent_anndata
 
-        latents = latent_anndata(token_codes(model, data, pool=s.pool), model,
+        # whole units, about 64k tokens at a time: codes are dense while encoded
+        per_batch = max(1, 65_536 // max(1, store.tokens_per_cell))
+        latents = latent_anndata(token_codes(model, store, pool=s.pool,
+                                             cells_per_batch=per_batch), model,
                                  obs=cells.obs.copy(),
-                                 params={"use_rep": "tokens", "pool": s.pool})
-        latents.uns["tokens_path"] = str(data.resolve())
+                                 params={"use_rep": "tokens", "pool": s.pool,
+                                         "token_norm": s.token_norm})
+        latents.uns["tokens_path"] = str(path.resolve())
     else:
         latents = sae_encode(cells, model, use_rep="X_cnn")
     for key in ("X_cnn", "X_measure", "X_pixels", "factors", "programs"):

@@ -100,6 +100,8 @@ class SAESection(StrictModel):
     batch_size: int = Field(256, ge=2)
     input: Literal["embedding", "tokens"] = "embedding"  # tokens: needs embed.tokens
     pool: Literal["mean", "max", "sum"] = "mean"         # token codes → cell codes
+    # tokens only: the paper's normalisation (cellsae.sae.tokennorm), at training and encoding
+    token_norm: Literal["none", "paper", "paper_batch"] = "none"
     settings: dict[str, Any] = Field(default_factory=dict)  # more keyword arguments of sae.train
 
 

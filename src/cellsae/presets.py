@@ -14,9 +14,10 @@ CODE.md) as options of the existing stages — there is no second pipeline:
   τ 0.07), rot90-only augmentation, SGD 0.1 Nesterov, 100 epochs, batch 512, on a random
   50 / 16.7 / 33.3 % split of units (the paper's; ``embed.split_mode`` changes it);
 - sae: the ``paper`` preset of :mod:`cellsae.sae` (gated, tied gate/magnitude weights,
-  λ 800 averaged over 8192 latents, AuxK, unit-norm inputs) trained on every spatial token
-  of the last stage's 64 × 64 map (``embed.tokens``, ``sae.input: tokens``), token codes
-  mean-pooled per unit;
+  λ 800 averaged over latents, i.e. ``l1_coeff`` = 800 / d_sae, AuxK, unit-norm inputs)
+  trained on every spatial token of the last stage's 64 × 64 map (``embed.tokens``,
+  ``sae.input: tokens``) normalised as the paper does (``sae.token_norm: paper``,
+  :mod:`cellsae.sae.tokennorm`), token codes mean-pooled per unit;
 - analyze: ``preset: paper`` (:func:`cellsae.tl.paper.paper_analysis`) with neighbours
   k 5 and Leiden 0.45 for the latent graph.
 
@@ -103,6 +104,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "k": None,
             "n_epochs": 8,
             "input": "tokens",
+            # REFERENCE_CODE §4: gap-scalar, per-unit centring (the downstream caches'),
+            # unit norm; "paper_batch" centres on one mean as its SAE training did
+            "token_norm": "paper",
             "pool": "mean",
         },
         "analyze": {"preset": "paper", "n_neighbors": 5, "leiden_resolution": 0.45, "knn_k": 5},

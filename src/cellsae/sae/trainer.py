@@ -426,6 +426,9 @@ def _build_config(arch: str, d_sae: int | None, k: int | None, preset: str | Non
     settings.update(kwargs)
     arch = settings.pop("arch", "batchtopk")
     d_sae = int(settings.pop("d_sae", 4096))
+    l1_total = settings.pop("l1_total", None)  # λ averaged over latents (the paper's)
+    if l1_total is not None and "l1_coeff" not in kwargs:  # an explicit l1_coeff wins
+        settings["l1_coeff"] = float(l1_total) / d_sae
     if "k" in settings and "k" not in architecture_params(arch):
         # k is often passed generically (configs, sweeps); it has no meaning here
         logger.warning("k=%s is ignored: arch %r has no k (its sparsity comes from its "

@@ -299,6 +299,17 @@ def token_codes(sae, tokens, *, pool: str = "mean", cells_per_batch: int = 512,
     from ..sae import pool_codes
 
     store = _token_store(tokens)
+    # an SAE trained on normalised tokens (cellsae.sae.tokennorm) must be fed them too
+    wanted = (getattr(sae, "train_info", None) or {}).get("token_norm", "none")
+    have = getattr(store, "token_norm", "none")
+    if have != wanted:
+        if have != "none":
+            raise ValueError(f"the SAE was trained with token_norm {wanted!r} but the store "
+                             f"is normalised with {have!r}")
+        from ..sae.tokennorm import NormalizedTokenStore
+
+        logger.info("normalising tokens with token_norm %r, as the SAE was trained", wanted)
+        store = NormalizedTokenStore(store.path, wanted)
     if sae.d_in != store.dim:
         raise ValueError(f"the SAE takes d_in={sae.d_in} inputs but the tokens of "
                          f"'{store.path}' have dim {store.dim} (layer {store.layer}); train "

@@ -69,6 +69,52 @@ def test_trajectory_rooted_at_control_tracks_death(units):
     assert all(units.obs.loc[r, "genotype"] == "healthy" for r in root_names)
     assert (table["spearman_rho"].abs() > 0.5).all()
     assert table["jt_p"].notna().all()
+    # the root perturbed over the 10 controls nearest the centroid: a clear gradient
+    # gives the same sign from every root, and the spread is reported
+    assert (table["n_roots"] == 10).all()
+    assert (table["spearman_rho_sd"] >= 0).all() and table["spearman_rho_sd"].notna().all()
+    assert (np.sign(table["spearman_rho_min"]) == np.sign(table["spearman_rho_max"])).all()
+    lo, hi = table["spearman_rho_min"], table["spearman_rho_max"]
+    assert ((lo <= table["spearman_rho"]) & (table["spearman_rho"] <= hi)).all()
+    one = paper_trajectory(units, use_rep="X_sae", control="healthy", n_pcs=5,
+                           n_neighbors=10, n_roots=1)
+    np.testing.assert_allclose(one["spearman_rho"], table["spearman_rho"])
+    assert (one["spearman_rho_sd"] == 0).all()
+
+
+def test_centroid_roots_are_the_nearest_controls():
+    from cellsae.metrics.paper import centroid_root, centroid_roots
+
+    e = np.array([[0.0], [10.0], [1.0], [-2.0], [0.5], [3.0]])
+    control = np.array([True, False, True, True, True, True])
+    # control centroid (0 + 1 - 2 + 0.5 + 3) / 5 = 0.5
+    np.testing.assert_array_equal(centroid_roots(e, control, 3), [4, 0, 2])
+    assert centroid_root(e, control) == 4
+    assert len(centroid_roots(e, control, 50)) == 5  # at most every control
+    with pytest.raises(ValueError, match="n must be"):
+        centroid_roots(e, control, 0)
+
+
+def test_balanced_linear_probe_is_bias_free_and_balanced(rng):
+    from cellsae.metrics.paper import balanced_linear_probe
+
+    # classes along two directions; 10x more of class "a" than "b"
+    n_a, n_b = 400, 40
+    x = np.r_[rng.normal(size=(n_a, 4)) * 0.3 + [2, 0, 0, 0],
+              rng.normal(size=(n_b, 4)) * 0.3 + [0, 2, 0, 0]]
+    y = np.r_[["a"] * n_a, ["b"] * n_b]
+    test = rng.random(len(y)) < 0.3
+    res = balanced_linear_probe(x[~test], y[~test], x[test], y[test], seed=1)
+    assert res.accuracy > 0.95 and res.balanced_accuracy > 0.95
+    assert res.weights.shape == (2, 4)  # one row per class and no bias
+    again = balanced_linear_probe(x[~test], y[~test], x[test], y[test], seed=1)
+    np.testing.assert_array_equal(res.weights, again.weights)
+    # L2-normalised inputs: scaling a unit changes nothing
+    scaled = x * rng.uniform(0.1, 10, size=(len(x), 1))
+    res2 = balanced_linear_probe(scaled[~test], y[~test], scaled[test], y[test], seed=1)
+    np.testing.assert_allclose(res2.weights, res.weights, atol=1e-5)
+    with pytest.raises(ValueError, match="never occur in training"):
+        balanced_linear_probe(x[:10], ["a"] * 5 + ["b"] * 5, x[:2], ["c", "a"])
 
 
 def test_volcano_calls_the_planted_latent(units):
@@ -86,6 +132,8 @@ def test_paper_analysis_summary(units):
         "morans_i_sae",
         "death_r2_cnn",
         "dpt_spearman_sae",
+        "dpt_spearman_root_sd_sae",
+        "dpt_jt_p_root_max_cnn",
         "de_features_sae",
     ):
         assert key in s

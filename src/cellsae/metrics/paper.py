@@ -7,7 +7,10 @@
 - :func:`knn_indices_excluding`: kNN with neighbours from the same group (field, well)
   excluded, to measure how much of a representation's "geometry" is shared-field context;
 - :func:`centroid_root`: the DPT root the paper uses (the control unit nearest the
-  control centroid in diffusion space);
+  control centroid in diffusion space); :func:`centroid_roots`: the ``n`` nearest, over
+  which its ``downstream_stats.py`` perturbs the root;
+- :func:`balanced_linear_probe`: the paper's probe (bias-free linear layer, SGD with
+  momentum on L2-normalised features, class-balanced epochs);
 - :func:`log1p_zscore`: the paper's latent transform (log1p, then a per-latent z-score);
 - :func:`alive_latents`: latents active on at least a fraction ``threshold`` of units;
 - :func:`volcano_calls`: log2 fold change with the paper's 1e-10 guard and the
@@ -26,7 +29,9 @@ from scipy import sparse, stats
 __all__ = [
     "JTResult",
     "alive_latents",
+    "balanced_linear_probe",
     "centroid_root",
+    "centroid_roots",
     "jonckheere_terpstra",
     "knn_indices_excluding",
     "log1p_zscore",
@@ -223,12 +228,127 @@ def centroid_root(embedding, control_mask) -> int:
         raise ValueError(
             f"embedding must be (n, d) and control_mask (n,), got {e.shape} and {m.shape}"
         )
+    return int(centroid_roots(e, m, 1)[0])
+
+
+def centroid_roots(embedding, control_mask, n: int = 10) -> np.ndarray:
+    """Positions of the ``n`` control units nearest the control centroid, nearest first.
+
+    The paper's ``downstream_stats.py`` reruns DPT from each of the 10 nearest to report
+    how much its trend statistics depend on the choice of root.
+
+    Parameters
+    ----------
+    embedding : (n_units, d) array.
+    control_mask : (n_units,) bool.
+    n : int, at most the number of control units with a finite embedding.
+
+    Returns
+    -------
+    (min(n, n_controls),) int array of positions in ``embedding``.
+    """
+    e = np.asarray(embedding, dtype=np.float64)
+    m = np.asarray(control_mask, dtype=bool)
+    if e.ndim != 2 or len(m) != len(e):
+        raise ValueError(
+            f"embedding must be (n, d) and control_mask (n,), got {e.shape} and {m.shape}"
+        )
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
     ok = m & np.isfinite(e).all(axis=1)
     if not ok.any():
         raise ValueError("no control unit with a finite embedding to root pseudotime at")
     idx = np.flatnonzero(ok)
     centre = e[idx].mean(axis=0)
-    return int(idx[np.argmin(((e[idx] - centre) ** 2).sum(axis=1))])
+    d2 = ((e[idx] - centre) ** 2).sum(axis=1)
+    return idx[np.argsort(d2, kind="stable")[:n]].astype(np.int64)
+
+
+@dataclass(frozen=True)
+class BalancedProbeResult:
+    """Accuracy of :func:`balanced_linear_probe` on the test units."""
+
+    accuracy: float
+    balanced_accuracy: float
+    classes: np.ndarray
+    predictions: np.ndarray
+    weights: np.ndarray  # (n_classes, d): the bias-free linear layer
+
+    def to_dict(self) -> dict:
+        return {"accuracy": self.accuracy, "balanced_accuracy": self.balanced_accuracy,
+                "classes": [str(c) for c in self.classes]}
+
+
+def balanced_linear_probe(x_train, y_train, x_test, y_test, *, epochs: int = 3,
+                          lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
+                          batch_size: int = 256, l2_normalize: bool = True,
+                          seed: int = 0) -> BalancedProbeResult:
+    """The paper's linear probe: a bias-free linear layer trained by SGD, class-balanced.
+
+    As ``run_CNN/train.py`` selects checkpoints (REFERENCE_CODE.md §3, §5): features are
+    L2-normalised, each epoch draws ``min class count`` units of every class without
+    replacement, mini-batches of ``batch_size`` minimise the cross-entropy of ``x @ W.T``
+    (no bias) by SGD (lr 0.1, momentum 0.9, weight decay 0, 3 epochs; its post-hoc probes
+    run 50 epochs). Weights start at zero, so the result depends only on ``seed``'s draws.
+
+    Parameters
+    ----------
+    x_train, x_test : (n, d) arrays.
+    y_train, y_test : (n,) labels; the test set may hold only training classes.
+
+    Returns
+    -------
+    BalancedProbeResult
+    """
+    import torch
+
+    x_train = np.asarray(x_train, np.float32).reshape(len(x_train), -1)
+    x_test = np.asarray(x_test, np.float32).reshape(len(x_test), -1)
+    y_train, y_test = np.asarray(y_train).astype(str), np.asarray(y_test).astype(str)
+    if len(x_train) != len(y_train) or len(x_test) != len(y_test):
+        raise ValueError(f"vectors and labels differ in length: {len(x_train)} vs "
+                         f"{len(y_train)} (train), {len(x_test)} vs {len(y_test)} (test)")
+    if x_train.shape[1] != x_test.shape[1]:
+        raise ValueError(f"train and test vectors differ in width: {x_train.shape[1]} vs "
+                         f"{x_test.shape[1]}")
+    if len(x_test) == 0:
+        raise ValueError("no test units: the probe needs held-out units to score")
+    if not (np.isfinite(x_train).all() and np.isfinite(x_test).all()):
+        raise ValueError("the probe's features contain NaN or Inf")
+    if epochs < 1 or batch_size < 1 or lr <= 0:
+        raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0, got {epochs}, "
+                         f"{batch_size}, {lr}")
+    classes, target = np.unique(y_train, return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"the probe needs at least 2 classes in training, got {list(classes)}")
+    unseen = sorted(set(np.unique(y_test)) - set(classes))
+    if unseen:
+        raise ValueError(f"test labels {unseen} never occur in training")
+    if l2_normalize:
+        x_train = x_train / np.maximum(np.linalg.norm(x_train, axis=1, keepdims=True), 1e-12)
+        x_test = x_test / np.maximum(np.linalg.norm(x_test, axis=1, keepdims=True), 1e-12)
+    rng = np.random.default_rng(seed)
+    members = [np.flatnonzero(target == c) for c in range(len(classes))]
+    per_class = min(len(m) for m in members)
+    xt, yt = torch.from_numpy(x_train), torch.from_numpy(target.astype(np.int64))
+    weight = torch.zeros(len(classes), x_train.shape[1], requires_grad=True)
+    opt = torch.optim.SGD([weight], lr=lr, momentum=momentum, weight_decay=weight_decay)
+    for _ in range(epochs):
+        epoch = np.concatenate([rng.choice(m, per_class, replace=False) for m in members])
+        epoch = torch.from_numpy(rng.permutation(epoch))
+        for lo in range(0, len(epoch), batch_size):
+            rows = epoch[lo:lo + batch_size]
+            loss = torch.nn.functional.cross_entropy(xt[rows] @ weight.T, yt[rows])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    w = weight.detach().numpy()
+    pred = classes[np.argmax(x_test @ w.T, axis=1)]
+    hits = pred == y_test
+    recall = [hits[y_test == c].mean() for c in np.unique(y_test)]
+    return BalancedProbeResult(accuracy=float(hits.mean()),
+                               balanced_accuracy=float(np.mean(recall)), classes=classes,
+                               predictions=pred, weights=w)
 
 
 def alive_latents(codes, threshold: float = 1e-5) -> np.ndarray:

@@ -33,7 +33,7 @@ from scipy import sparse
 from ..metrics.geometry import knn_indices, knn_sd_ratio, morans_i, phenotype_r2
 from ..metrics.paper import (
     alive_latents,
-    centroid_root,
+    centroid_roots,
     jonckheere_terpstra,
     knn_indices_excluding,
     log1p_zscore,
@@ -219,6 +219,7 @@ def paper_trajectory(
     n_comps: int = 15,
     n_dcs: int = 10,
     n_bins: int = 3,
+    n_roots: int = 10,
     l2_normalize: bool = True,
     transform: str = "log_std",
     dead_threshold: float = DEAD_THRESHOLD,
@@ -232,6 +233,9 @@ def paper_trajectory(
     n_pcs, n_neighbors : PCA fitted per pair, kNN graph (the paper sweeps 30–50 × 15–35).
     n_comps, n_dcs : diffusion components (15) and those DPT uses (10).
     n_bins : equal-width pseudotime bins between p5 and p95 for the trend test.
+    n_roots : DPT is rerun from each of the ``n_roots`` control units nearest the control
+        centroid (the paper's ``downstream_stats.py`` root perturbation, 10); the main
+        columns are for the nearest (the paper's ``pairwise_dpt.py`` root).
     l2_normalize : divide each unit's vector by its L2 norm first (the paper's
         ``--gap_l2_norm``).
     transform : ``"log_std"`` (log1p + z-score, the paper's for SAE latents) or ``"none"``
@@ -241,16 +245,18 @@ def paper_trajectory(
     -------
     DataFrame, one row per mutant: ``spearman_rho``, ``pearson_r`` (pseudotime vs death
     over mutant units), ``jt_z``, ``jt_p`` (increasing trend of death over bins),
-    ``root`` (obs name), ``n_units``, ``n_mutant_rated``.
+    ``root`` (obs name), ``n_units``, ``n_mutant_rated``; and over the ``n_roots`` roots
+    ``<stat>_mean``, ``<stat>_sd``, ``<stat>_min``, ``<stat>_max`` of each of the four.
     """
     import scanpy as sc
     from anndata import AnnData
-    from scipy.stats import pearsonr, spearmanr
 
     from .latents import _diffmap, neighbors
 
     if transform not in ("log_std", "none"):
         raise ValueError(f"transform must be 'log_std' or 'none', got {transform!r}")
+    if n_roots < 1:
+        raise ValueError(f"n_roots must be >= 1, got {n_roots}")
     labels = obs_values(adata, label_key, numeric=False).astype(str)
     y = obs_values(adata, phenotype)
     x_all = _rep_matrix(adata, use_rep, dead_threshold)
@@ -275,32 +281,49 @@ def paper_trajectory(
         )  # scanpy's graph; its own kNN fails above 8,192 cells
         _diffmap(pair, n_comps, seed=seed)
         is_ctrl = labels[sel] == control
-        root = centroid_root(pair.obsm["X_diffmap"][:, 1:], is_ctrl)
-        pair.uns["iroot"] = root
-        sc.tl.dpt(pair, n_dcs=min(n_dcs, pair.obsm["X_diffmap"].shape[1]))
-        pt = pair.obs["dpt_pseudotime"].to_numpy(float)
-        pt[~np.isfinite(pt)] = np.nan
+        roots = centroid_roots(pair.obsm["X_diffmap"][:, 1:], is_ctrl, n_roots)
         v = y[sel]
-        m = ~is_ctrl & np.isfinite(v) & np.isfinite(pt)
+        per_root = []
+        for root in roots:  # the first is the paper's root; the others perturb it
+            pair.uns["iroot"] = int(root)
+            sc.tl.dpt(pair, n_dcs=min(n_dcs, pair.obsm["X_diffmap"].shape[1]))
+            pt = pair.obs["dpt_pseudotime"].to_numpy(float)
+            pt[~np.isfinite(pt)] = np.nan
+            per_root.append(_trend(pt, v, ~is_ctrl, n_bins))
         row = {
             "mutant": mut,
-            "root": str(adata.obs_names[sel[root]]),
+            "root": str(adata.obs_names[sel[roots[0]]]),
             "n_units": len(sel),
-            "n_mutant_rated": int(m.sum()),
-            "spearman_rho": np.nan,
-            "pearson_r": np.nan,
-            "jt_z": np.nan,
-            "jt_p": np.nan,
+            **per_root[0],
+            "n_roots": len(roots),
         }
-        if m.sum() >= 5 and np.std(v[m]) > 0 and np.std(pt[m]) > 0:
-            row["spearman_rho"] = float(spearmanr(pt[m], v[m]).statistic)
-            row["pearson_r"] = float(pearsonr(pt[m], v[m]).statistic)
-            bins = pseudotime_bins(pt[m], n_bins=n_bins)
-            if len(np.unique(bins[bins >= 0])) >= 2:
-                jt = jonckheere_terpstra(v[m], bins)
-                row["jt_z"], row["jt_p"] = jt.z, jt.p_value
+        for stat in ("spearman_rho", "pearson_r", "jt_z", "jt_p"):
+            values = np.array([r[stat] for r in per_root], float)
+            finite = values[np.isfinite(values)]
+            row[f"{stat}_mean"] = float(finite.mean()) if len(finite) else np.nan
+            row[f"{stat}_sd"] = float(finite.std()) if len(finite) else np.nan
+            row[f"{stat}_min"] = float(finite.min()) if len(finite) else np.nan
+            row[f"{stat}_max"] = float(finite.max()) if len(finite) else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _trend(pt: np.ndarray, v: np.ndarray, mutant: np.ndarray, n_bins: int) -> dict:
+    """Spearman ρ, Pearson r and the Jonckheere–Terpstra test of death vs pseudotime over
+    the rated mutant units (NaN where fewer than 5 or either is constant)."""
+    from scipy.stats import pearsonr, spearmanr
+
+    m = mutant & np.isfinite(v) & np.isfinite(pt)
+    out = {"n_mutant_rated": int(m.sum()), "spearman_rho": np.nan, "pearson_r": np.nan,
+           "jt_z": np.nan, "jt_p": np.nan}
+    if m.sum() >= 5 and np.std(v[m]) > 0 and np.std(pt[m]) > 0:
+        out["spearman_rho"] = float(spearmanr(pt[m], v[m]).statistic)
+        out["pearson_r"] = float(pearsonr(pt[m], v[m]).statistic)
+        bins = pseudotime_bins(pt[m], n_bins=n_bins)
+        if len(np.unique(bins[bins >= 0])) >= 2:
+            jt = jonckheere_terpstra(v[m], bins)
+            out["jt_z"], out["jt_p"] = jt.z, jt.p_value
+    return out
 
 
 def paper_volcano(
@@ -380,6 +403,7 @@ def paper_analysis(
     r2_groups: str | None = None,
     n_neighbors: int = 15,
     n_pcs: int = 30,
+    n_roots: int = 10,
     dead_threshold: float = DEAD_THRESHOLD,
     seed: int = 0,
     key_added: str = "paper",
@@ -389,7 +413,9 @@ def paper_analysis(
     Writes ``uns[key_added]`` = ``{"geometry", "trajectory", "volcano_counts", "summary",
     "params"}`` and returns the same dict (tables as DataFrames). ``summary`` holds flat
     figures: ``knn_sd_ratio_k5_<rep>``, ``morans_i_<rep>``, ``death_r2_<rep>`` (means over
-    mutant classes), ``dpt_spearman_<rep>``, ``de_features_<rep>``.
+    mutant classes), ``dpt_spearman_<rep>``, ``dpt_spearman_root_sd_<rep>`` (SD of ρ over the
+    ``n_roots`` roots nearest the control centroid, mean over mutants), ``dpt_jt_p_root_max_
+    <rep>`` (largest trend-test p over roots and mutants), ``de_features_<rep>``.
     """
     params = {
         "label_key": label_key,
@@ -399,6 +425,7 @@ def paper_analysis(
         "r2_groups": r2_groups,
         "n_neighbors": n_neighbors,
         "n_pcs": n_pcs,
+        "n_roots": n_roots,
         "dead_threshold": dead_threshold,
         "seed": seed,
     }
@@ -422,6 +449,7 @@ def paper_analysis(
             phenotype=phenotype,
             n_pcs=n_pcs,
             n_neighbors=n_neighbors,
+            n_roots=n_roots,
             transform="log_std" if rep == "sae" else "none",
             dead_threshold=dead_threshold,
             seed=seed,
@@ -445,9 +473,11 @@ def paper_analysis(
                 name = f"{metric}_k5_{rep}" if metric == "knn_sd_ratio" else f"{metric}_{rep}"
                 summary[name] = float(sub["value"].mean())
         if len(trajectory):
-            summary[f"dpt_spearman_{rep}"] = float(
-                trajectory.loc[trajectory["rep"] == rep, "spearman_rho"].mean()
-            )
+            t = trajectory[trajectory["rep"] == rep]
+            summary[f"dpt_spearman_{rep}"] = float(t["spearman_rho"].mean())
+            # spread over the n_roots roots nearest the control centroid
+            summary[f"dpt_spearman_root_sd_{rep}"] = float(t["spearman_rho_sd"].mean())
+            summary[f"dpt_jt_p_root_max_{rep}"] = float(t["jt_p_max"].max())
         if len(counts):
             summary[f"de_features_{rep}"] = int(counts.loc[counts["rep"] == rep, "called"].sum())
     out = {

@@ -48,7 +48,10 @@ logger = logging.getLogger("leakage")
 TILE_SETTINGS = {  # the paper's tile defaults, relaxed where the sparse synthetic culture needs it
     "skip_short_stacks": False,
     "max_background_fraction": 0.9,
-    "min_nucleus_fraction": 0.01,
+    # a synthetic nucleus covers ~0.5 % of a 128 px tile and the median tile holds under
+    # 1 %: the paper's 25 % (and even 1 %) leaves about a third of the tiles with a death
+    # rate; 0.25 % (~41 px, one nucleus above the 40 px minimum) keeps most of them
+    "min_nucleus_fraction": 0.0025,
     "exclude_edge_tiles": False,
 }
 ENCODER = {
@@ -156,10 +159,15 @@ def _sae(x: np.ndarray, seed: int, n_epochs: float) -> np.ndarray:
     return codes.astype(np.float32)
 
 
-def _probe(x, labels, split) -> float:
+def _probe(x, labels, split, kind: str = "logistic") -> float:
+    """Accuracy on the test units of a probe fitted on train + val (the paper's post hoc)."""
     from cellsae.embed import linear_probe
+    from cellsae.metrics.paper import balanced_linear_probe
 
     train = split != "test"
+    if kind == "paper":  # bias-free linear layer, SGD 0.1 / 0.9, 3 class-balanced epochs
+        res = balanced_linear_probe(x[train], labels[train], x[~train], labels[~train], seed=0)
+        return float(res.accuracy)
     return float(linear_probe(x[train], labels[train], x[~train], labels[~train]).accuracy)
 
 
@@ -229,9 +237,14 @@ def _study(mode: str, crops, obs, args) -> dict:
     for rep in ("cnn", "sae"):
         for s, split in splits.items():
             figures[f"probe_acc_{mode}_{rep}_{s}"] = _probe(reps[s][rep], labels, split)
-        figures[f"probe_inflation_{mode}_{rep}"] = (
-            figures[f"probe_acc_{mode}_{rep}_random"] - figures[f"probe_acc_{mode}_{rep}_donor"]
-        )
+            figures[f"paper_probe_acc_{mode}_{rep}_{s}"] = _probe(
+                reps[s][rep], labels, split, "paper"
+            )
+        for prefix in ("probe", "paper_probe"):
+            figures[f"{prefix}_inflation_{mode}_{rep}"] = (
+                figures[f"{prefix}_acc_{mode}_{rep}_random"]
+                - figures[f"{prefix}_acc_{mode}_{rep}_donor"]
+            )
         x = reps["random"][rep]
         figures[f"death_r2_{mode}_{rep}_random"] = _r2(x, y, None)
         figures[f"death_r2_{mode}_{rep}_donor"] = _r2(x, y, donors)
@@ -256,7 +269,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    n = args.n_cells or (200 if args.quick else 1200)
+    n = args.n_cells or (300 if args.quick else 1200)
     args.sae_epochs = args.sae_epochs or (10 if args.quick else 60)
     t0 = time.perf_counter()
     figures: dict = {
@@ -278,6 +291,9 @@ def main(argv=None) -> int:
     figures["probe_acc_random_split"] = figures["probe_acc_tile_cnn_random"]
     figures["probe_acc_donor_split"] = figures["probe_acc_tile_cnn_donor"]
     figures["probe_inflation"] = figures["probe_inflation_tile_cnn"]
+    figures["paper_probe_acc_random_split"] = figures["paper_probe_acc_tile_cnn_random"]
+    figures["paper_probe_acc_donor_split"] = figures["paper_probe_acc_tile_cnn_donor"]
+    figures["paper_probe_inflation"] = figures["paper_probe_inflation_tile_cnn"]
     figures["death_r2_random_split"] = figures["death_r2_tile_cnn_random"]
     figures["death_r2_donor_split"] = figures["death_r2_tile_cnn_donor"]
     figures["death_r2_inflation"] = (

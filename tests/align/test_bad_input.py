@@ -132,3 +132,23 @@ def test_bad_grids(rng):
         gw_map(img, rna, epsilon=(0.0, 1e-2), device="cpu")
     with pytest.raises(ValueError, match="n_neighbors must"):
         multiscale_geodesic_cost(x, n_neighbors=(0,))
+
+
+def test_tiny_epsilon_never_gives_silent_garbage(rng):
+    # exp(-cost / 1e-7) underflows every kernel entry: the solve must stay finite and say
+    # that it did not converge (and, when the column marginals are off, by how much), or
+    # raise; and a grid that also holds workable epsilons must not choose the tiny one
+    x, y = _pair(rng)
+    with pytest.warns(ConvergenceWarning):
+        res = select_gw(x, y, n_neighbors=(10,), epsilons=(1e-7,), metric="euclidean",
+                        device="cpu", max_iter=60)
+    t = res.dense()
+    assert np.isfinite(t).all() and not res.converged
+    assert np.allclose(t.sum(1), 1 / 60, atol=1e-6)
+    assert any("did not converge" in w for w in res.warnings)
+    if not np.allclose(t.sum(0), 1 / 50, atol=1e-4):
+        assert any("marginal error" in w for w in res.warnings)
+    res = select_gw(x, y, n_neighbors=(10,), epsilons=(1e-7, 2e-2, 5e-2), metric="euclidean",
+                    device="cpu", max_iter=150)
+    assert res.converged and res.selection["chosen"]["epsilon"] > 1e-3
+    assert not res.selection["candidates"][0]["converged"]

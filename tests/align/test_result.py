@@ -73,3 +73,39 @@ def test_predictability_finds_planted_genes(rng):
     assert (noise["r2"] < 0.1).all()
     # a noise gene may pass by chance (p-values are uniform under the null), but not most
     assert noise["predictable"].sum() <= 1
+
+
+def test_massless_cells_get_no_label_and_bad_truth_raises(rng):
+    t = np.zeros((3, 2))
+    t[0, 0] = t[1, 1] = 0.5   # source cell 2 receives nothing
+    res = GWResult(coupling=t, objective=0.0, converged=True)
+    for method in ("barycentric", "argmax"):
+        df = res.transfer_labels(np.array(["a", "b"]), method=method)
+        assert list(df["label"][:2]) == ["a", "b"] and df["label"][2] is None
+        assert df["confidence"][2] == 0
+    assert res.transfer_labels(np.array(["a", "b"]), method="argmax")["matched_index"][2] == -1
+    assert res.label_transfer_accuracy(np.array(["a", "b", "a"]), np.array(["a", "b"])) == \
+        pytest.approx(2 / 3)
+    # FOSCTTM needs a pairing: identity only when the sides have equal sizes
+    with pytest.raises(ValueError, match="pass truth"):
+        res.foscttm()
+    with pytest.raises(ValueError, match="target indices"):
+        res.foscttm(np.array([0, 1, 2]))
+    assert res.foscttm(np.array([0, 1, 1])) >= 0
+
+
+def test_impute_from_anndata_layer(rng):
+    import anndata as ad
+
+    t = rng.uniform(size=(4, 6))
+    t /= t.sum()
+    res = GWResult(coupling=t, objective=0.0, converged=True)
+    rna = ad.AnnData(X=rng.normal(size=(6, 3)))
+    rna.layers["counts"] = rng.poisson(3, size=(6, 3)).astype(float)
+    assert np.allclose(res.impute(rna, layer="counts"),
+                       t @ rna.layers["counts"] / t.sum(1, keepdims=True))
+    assert np.allclose(res.impute(rna), t @ rna.X / t.sum(1, keepdims=True))
+    with pytest.raises(KeyError, match="layers \\['counts'\\]"):
+        res.impute(rna, layer="raw")
+    with pytest.raises(ValueError, match="only meaningful"):
+        res.impute(rna.X, layer="counts")

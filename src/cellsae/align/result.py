@@ -59,6 +59,14 @@ class FactorizedCoupling:
         return self.rows(np.arange(self.shape[0]))
 
 
+def _adata_matrix(adata, layer: str | None):
+    if layer is None:
+        return adata.X
+    if layer not in adata.layers:
+        raise KeyError(f"layer '{layer}' not found; the AnnData has layers {list(adata.layers)}")
+    return adata.layers[layer]
+
+
 def _as_array_2d(y) -> np.ndarray | sparse.spmatrix:
     if sparse.issparse(y):
         return y.tocsr()
@@ -203,7 +211,7 @@ class GWResult:
         (n_source, n_genes) float array: the expression each source cell is coupled to.
         """
         if hasattr(expression, "obs") and hasattr(expression, "X"):
-            x = expression.layers[layer] if layer is not None else expression.X
+            x = _adata_matrix(expression, layer)
         else:
             if layer is not None:
                 raise ValueError("layer is only meaningful when expression is an AnnData")
@@ -258,7 +266,7 @@ class GWResult:
         if hasattr(genes, "var_names") and gene_names is None:
             gene_names = list(genes.var_names)
         if hasattr(genes, "obs") and hasattr(genes, "X"):
-            expr = genes.layers[layer] if layer is not None else genes.X
+            expr = _adata_matrix(genes, layer)
         else:
             if layer is not None:
                 raise ValueError("layer is only meaningful when genes is an AnnData")
@@ -302,7 +310,9 @@ class GWResult:
         Returns
         -------
         pandas.DataFrame with columns ``label`` and ``confidence`` (one row per receiving
-        cell) and, for "barycentric", one ``p_<label>`` column per label.
+        cell; "argmax" adds ``matched_index``) and, for "barycentric", one ``p_<label>``
+        column per label. A cell that received no coupling mass gets label ``None`` and
+        confidence 0 (``matched_index`` -1), with a logged warning.
         """
         import pandas as pd
 
@@ -316,9 +326,11 @@ class GWResult:
             onehot = sparse.csr_matrix((np.ones(n_from), (np.arange(n_from), codes)),
                                        shape=(n_from, len(classes)))
             probs = self.barycentric_projection(onehot, direction=direction)
+            empty = ~np.isfinite(probs).all(1)
             probs = np.nan_to_num(probs)
-            best = probs.argmax(1)
-            df = pd.DataFrame({"label": classes[best], "confidence": probs.max(1)})
+            label = classes[probs.argmax(1)].astype(object)
+            label[empty] = None   # a cell that received no mass gets no label
+            df = pd.DataFrame({"label": label, "confidence": probs.max(1)})
             for k, c in enumerate(classes):
                 df[f"p_{c}"] = probs[:, k]
             return df
@@ -329,8 +341,14 @@ class GWResult:
                 t = GWResult(coupling=_transpose(self.coupling), objective=self.objective,
                              converged=self.converged)
                 idx, conf = t._argmax_rows()
-            return pd.DataFrame({"label": classes[codes[idx]], "confidence": conf,
-                                 "matched_index": idx})
+            label = classes[codes[idx]].astype(object)
+            empty = ~np.isfinite(conf)
+            if empty.any():
+                logger.warning("%d cell(s) received no mass; their label is None", empty.sum())
+                label[empty] = None
+                idx = np.where(empty, -1, idx)
+                conf = np.where(empty, 0.0, conf)
+            return pd.DataFrame({"label": label, "confidence": conf, "matched_index": idx})
         raise ValueError(f"method must be 'argmax' or 'barycentric', got {method!r}")
 
     def _argmax_rows(self) -> tuple[np.ndarray, np.ndarray]:
@@ -372,9 +390,18 @@ class GWResult:
         from ..metrics.alignment import foscttm as _foscttm
         from ..metrics.alignment import foscttm_from_scores
 
-        truth = np.arange(self.n_source) if truth is None else np.asarray(truth)
+        if truth is None:
+            if self.n_source != self.n_target:
+                raise ValueError(f"without truth the pairing is the identity, which needs as "
+                                 f"many source as target cells; the coupling is {self.shape}: "
+                                 "pass truth (the matching target index of each source cell)")
+            truth = np.arange(self.n_source)
+        truth = np.asarray(truth)
         if truth.shape != (self.n_source,):
             raise ValueError(f"truth must have {self.n_source} entries, got {truth.shape}")
+        if not np.issubdtype(truth.dtype, np.integer) or truth.min() < 0 or \
+                truth.max() >= self.n_target:
+            raise ValueError(f"truth must hold integer target indices in [0, {self.n_target})")
         if target_rep is not None:
             proj = self.barycentric_projection(target_rep)
             return _foscttm(proj, np.asarray(target_rep)[truth])

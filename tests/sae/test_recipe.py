@@ -158,3 +158,25 @@ def test_batchtopk_encoder_rescale_uses_the_batch_selection(toy):
         # least squares: a further rescaling by s would not reduce the error
         s = float((x * x_hat).sum() / (x_hat * x_hat).sum())
     assert abs(s - 1) < 1e-3 or c == 1.0
+
+
+@pytest.mark.parametrize("arch", ["relu", "gated", "jumprelu"])
+def test_target_l0_archs_start_sparse_and_scaled(arch, toy):
+    # with a target L0 the encoder biases/thresholds are set from data so about that many
+    # latents fire from the first step (zero biases fire half of all latents), and the
+    # encoder is then rescaled without changing which latents fire
+    config = TrainConfig(arch=arch, d_sae=64, hparams={"target_l0": 3.0}, batch_size=256,
+                         n_steps=10)
+    norm = _normalisation(toy.X, center=True, scale=True, l2=False)
+    run = _Run(config, 16, norm, torch.device("cpu"), toy.X[:1000], 3000)
+    x = run.sae._standardise(torch.from_numpy(toy.X[1000:2000]))
+    with torch.no_grad():
+        codes = run.sae.encode_normalised(x)
+    l0 = float((codes > 0).sum(1).float().mean())
+    assert 1.5 < l0 < 6, l0
+    # the rescale is a least-squares fit of the reconstruction: no further scaling helps
+    with torch.no_grad():
+        x_hat = codes @ run.sae.W_dec
+        target = x - run.sae.b_dec
+        s = float((target * x_hat).sum() / (x_hat * x_hat).sum())
+    assert s > 0.9, s  # c is capped at 1, so s may exceed 1 only if no shrinking was needed

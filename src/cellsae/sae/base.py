@@ -119,7 +119,9 @@ class SAE(nn.Module, abc.ABC):
         largest of many random projections), so the first steps would undo a too-large
         reconstruction. The least-squares factor ``c = <x - b_dec, x̂'> / ‖x̂'‖²`` (with
         ``x̂'`` the bias-free reconstruction on standardised inputs ``x``, with the latents
-        chosen as in training, e.g. batch-wide for BatchTopK) fixes that. Returns ``c``.
+        chosen as in training, e.g. batch-wide for BatchTopK) fixes that. Encoder weights,
+        encoder biases and learned thresholds are all scaled by ``c``, so the set of
+        firing latents does not change. Returns ``c``.
         """
         if hasattr(self, "_select"):  # the selection training uses (BatchTopK: batch-wide)
             pre = self._preacts(x, self.W_enc, self.b_enc)
@@ -137,7 +139,17 @@ class SAE(nn.Module, abc.ABC):
         self.W_enc.mul_(c)
         for name in self._encoder_biases:
             getattr(self, name).mul_(c)
+        self._fold_thresholds(c)  # pre-activations scale by c: so do thresholds
         return c
+
+    @torch.no_grad()
+    def _firing_cut(self, x: torch.Tensor, target_l0: float) -> torch.Tensor:
+        """(d_sae,) per-latent pre-activation quantile above which about ``target_l0``
+        latents of a sample fire (each latent on a ``target_l0 / d_sae`` share of ``x``)."""
+        pre = self._preacts(x, self.W_enc, torch.zeros_like(self.b_enc))
+        share = min(1.0, target_l0 / self.d_sae)
+        rank = min(pre.shape[0], max(1, int(round((1.0 - share) * pre.shape[0]))))
+        return pre.kthvalue(rank, dim=0).values  # kthvalue: no size limit, unlike quantile
 
     # -- normalised-space building blocks (used by training) ------------------------------
 

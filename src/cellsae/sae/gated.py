@@ -79,6 +79,13 @@ class GatedSAE(SAE):
         self.b_enc.fill_(self.gate_bias_init)
         self.b_mag.zero_()
 
+    @torch.no_grad()
+    def initialise_from_data(self, x: torch.Tensor) -> None:
+        """With ``target_l0``: gate biases that open about that many gates per sample of
+        ``x`` from the first step (instead of ``gate_bias_init``, which opens half)."""
+        if self.target_l0 is not None:
+            self.b_enc.copy_(-self._firing_cut(x, self.target_l0))
+
     def encode_normalised(self, x):
         gate_pre = self._preacts(x, self.W_enc, self.b_enc)
         mag_pre = gate_pre - self.b_enc + self.b_mag

@@ -82,9 +82,7 @@ class JumpReLUSAE(SAE):
 
     @torch.no_grad()
     def initialise_from_data(self, x: torch.Tensor) -> None:
-        pre = self._preacts(x, self.W_enc, self.b_enc)
-        q = 1.0 - min(1.0, self.target_l0 / self.d_sae)
-        threshold = torch.quantile(pre, q, dim=0).clamp_min(1e-3)
+        threshold = (self._firing_cut(x, self.target_l0) + self.b_enc).clamp_min(1e-3)
         self.log_threshold.copy_(threshold.log())
 
     def _fold_thresholds(self, scale: float) -> None:

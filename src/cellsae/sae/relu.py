@@ -36,6 +36,13 @@ class ReluSAE(SAE):
         return {**super().hparams(), "l1_coeff": self.l1_coeff, "target_l0": self.target_l0,
                 "l0_gain": self.l0_gain}
 
+    @torch.no_grad()
+    def initialise_from_data(self, x: torch.Tensor) -> None:
+        """With ``target_l0``: encoder biases that make about that many latents fire on
+        ``x`` from the first step (zero biases fire half of all latents)."""
+        if self.target_l0 is not None:
+            self.b_enc.copy_(-self._firing_cut(x, self.target_l0))
+
     def encode_normalised(self, x):
         return torch.relu(self._preacts(x, self.W_enc, self.b_enc))
 

@@ -160,10 +160,12 @@ class _Run:
         self.sae.to(device)
         if init_sample is not None:
             x = self.sae._standardise(torch.from_numpy(init_sample).to(device))
-            if self.sae.sparse_training:  # TopK family: fixed L0, so codes overshoot
-                self.sae.rescale_encoder_init(x)
-            if hasattr(self.sae, "initialise_from_data"):
+            if hasattr(self.sae, "initialise_from_data"):  # thresholds/biases for the L0
                 self.sae.initialise_from_data(x)
+            # Sparse from the first step (TopK family, or a target L0): the few codes of a
+            # random dictionary overshoot, so scale the encoder to fit the reconstruction.
+            if self.sae.sparse_training or getattr(self.sae, "target_l0", None) is not None:
+                self.sae.rescale_encoder_init(x)
         self.lr = config.lr if config.lr is not None else default_lr(config.d_sae)
         self.k_aux = config.k_aux if config.k_aux is not None else max(1, d_in // 2)
         self.dead_window = config.dead_window if config.dead_window is not None else int(

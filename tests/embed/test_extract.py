@@ -18,7 +18,7 @@ def model():
 
 def test_embeddings_and_tokens_match_the_model(model, rng, tmp_path):
     x = rng.normal(size=(10, 3, 16, 16)).astype(np.float32)
-    res = extract(model, x, tokens_out=tmp_path / "tok.zarr", tokens_layer="stage1",
+    res = extract(model, x, tta="none", tokens_out=tmp_path / "tok.zarr", tokens_layer="stage1",
                   batch_size=4, device="cpu")
     with torch.no_grad():
         maps = model.forward_features(torch.from_numpy(x), ["stage1", "stage2"])
@@ -73,3 +73,39 @@ def test_bad_input_leaves_no_token_store(model, rng, tmp_path):
     extract(model, x[:3], tokens_out=tmp_path / "ok.zarr", device="cpu")
     with pytest.raises(FileExistsError, match="overwrite"):
         extract(model, x[:3], tokens_out=tmp_path / "ok.zarr", device="cpu")
+
+
+def test_dihedral_tta_embedding_ignores_the_crop_orientation(model, rng, tmp_path):
+    x = rng.normal(size=(6, 3, 16, 16)).astype(np.float32)
+    turned = np.ascontiguousarray(np.rot90(x, 1, axes=(2, 3)))
+    mirrored = np.ascontiguousarray(x[..., ::-1])
+    a = extract(model, x, tta="dihedral", device="cpu")
+    assert a.tta == "dihedral" and a.params["tta"] == "dihedral"
+    for other in (turned, mirrored):
+        np.testing.assert_allclose(extract(model, other, tta="dihedral", device="cpu").embeddings,
+                                   a.embeddings, atol=2e-3)
+    # without TTA the embedding does depend on the orientation, and equals the model's GAP
+    plain = extract(model, x, tta="none", device="cpu").embeddings
+    assert np.abs(extract(model, turned, tta="none", device="cpu").embeddings - plain).max() > 1e-3
+    with torch.no_grad():
+        views = [torch.rot90(v, k, dims=(-2, -1)) for v in (torch.from_numpy(x),
+                 torch.from_numpy(x).flip(-1)) for k in range(4)]
+        mean = torch.stack([model(v) for v in views]).mean(0).numpy()
+    np.testing.assert_allclose(a.embeddings, mean, atol=2e-3)
+    # rot90 only: invariant to quarter turns; tokens still come from the crop as it is
+    r = extract(model, x, tta="rot90", tokens_out=tmp_path / "t.zarr", tokens_layer="stage1",
+                token_dtype="float32", device="cpu")
+    np.testing.assert_allclose(extract(model, turned, tta="rot90", device="cpu").embeddings,
+                               r.embeddings, atol=2e-3)
+    with torch.no_grad():
+        stage1 = model.forward_features(torch.from_numpy(x), ["stage1"])["stage1"]
+    np.testing.assert_allclose(TokenStore(tmp_path / "t.zarr").cell_maps([2]), stage1[[2]].numpy(),
+                               atol=2e-3)
+
+
+def test_tta_bad_input(model, rng):
+    x = rng.normal(size=(2, 3, 16, 12)).astype(np.float32)
+    with pytest.raises(ValueError, match="square crops"):
+        extract(model, x, tta="dihedral", device="cpu")
+    with pytest.raises(ValueError, match="tta must be one of"):
+        extract(model, x[..., :12, :], tta="rot180", device="cpu")

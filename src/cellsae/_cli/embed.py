@@ -100,6 +100,7 @@ def extract(
     layer: str | None = typer.Option(None, help="Tap(s) for the pooled embedding, comma-separated to concatenate (default: last)."),
     tokens_layer: str | None = typer.Option(None, help="Tap for the tokens (default: --layer)."),
     token_pool: int = typer.Option(1, help="Average-pool the token map by this factor."),
+    tta: str = typer.Option("dihedral", help="Average the cell embedding over test-time views: dihedral (8 rotations/reflections), rot90 (4) or none. Tokens are never augmented."),
     key_added: str = typer.Option("X_cnn", help="obsm key for the embeddings."),
     batch_size: int = typer.Option(256, help="Crops per forward pass."),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]."),
@@ -123,7 +124,8 @@ def extract(
     adata = read_h5sc(crops)
     layers = None if layer is None else [v.strip() for v in layer.split(",") if v.strip()]
     result = run_extract(encoder, crops, adata=adata, layer=layers, tokens_out=tokens,
-                         tokens_layer=tokens_layer, token_pool=token_pool, key_added=key_added,
+                         tokens_layer=tokens_layer, token_pool=token_pool, tta=tta,
+                         key_added=key_added,
                          batch_size=batch_size, device=device, num_workers=num_workers,
                          overwrite=overwrite, dask=dask, dask_workers=dask_workers)
     with atomic_path(out) as tmp:

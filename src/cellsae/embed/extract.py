@@ -48,6 +48,17 @@ logger = logging.getLogger(__name__)
 
 TOKENS_FORMAT = "cellsae.tokens"
 TOKENS_VERSION = 1
+# test-time views: (horizontal flip, quarter turns) of each view averaged into an embedding
+TTA_VIEWS = {"none": ((False, 0),),
+             "rot90": tuple((False, k) for k in range(4)),
+             "dihedral": tuple((f, k) for f in (False, True) for k in range(4))}
+
+
+def dihedral_views(x: torch.Tensor, tta: str = "dihedral"):
+    """Yield the test-time views of a batch ``(n, C, H, W)`` (see ``extract``'s ``tta``)."""
+    for flip, turns in TTA_VIEWS[tta]:
+        v = x.flip(-1) if flip else x
+        yield torch.rot90(v, turns, dims=(-2, -1)) if turns else v
 
 
 @dataclass
@@ -61,7 +72,9 @@ class ExtractResult:
     tokens_path : the zarr token store, or None.
     tokens_layer : the tap the tokens come from.
     tokens_per_cell, grid, token_dim : token store geometry.
-    crops_per_s : extraction throughput.
+    crops_per_s : extraction throughput (crops, not augmented views, per second).
+    tta : the test-time views averaged into ``embeddings`` (``none``, ``rot90``,
+        ``dihedral``).
     """
 
     embeddings: np.ndarray
@@ -72,6 +85,7 @@ class ExtractResult:
     grid: tuple[int, int] = (0, 0)
     token_dim: int = 0
     crops_per_s: float = float("nan")
+    tta: str = "none"
     params: dict = field(default_factory=dict)
 
 
@@ -88,7 +102,8 @@ def _as_model(model) -> Encoder:
 
 def extract(model, crops, *, layer: str | Sequence[str] | None = None, tokens_out: str | os.PathLike | None = None,
             tokens_layer: str | None = None, token_pool: int = 1, token_dtype: str = "float16",
-            batch_size: int = 256, device: Any = "auto", amp: bool = True, num_workers: int = 0,
+            tta: str = "dihedral", batch_size: int = 256, device: Any = "auto", amp: bool = True,
+            num_workers: int = 0,
             adata=None, key_added: str = "X_cnn", overwrite: bool = False,
             dask: Any = None, dask_workers: int = 2, dask_block_batches: int = 8,
             dask_processes: bool = True) -> ExtractResult:
@@ -104,6 +119,15 @@ def extract(model, crops, *, layer: str | Sequence[str] | None = None, tokens_ou
     tokens_layer : tap whose spatial map becomes tokens (default: ``layer``).
     token_pool : average-pool the token map by this factor first (fewer, coarser tokens).
     token_dtype : ``float16`` or ``float32``.
+    tta : test-time augmentation of the pooled embedding: ``"dihedral"`` averages it over
+        the 8 rotations and reflections of each crop, ``"rot90"`` over the 4 rotations,
+        ``"none"`` embeds each crop as it is. Single-cell crops have no preferred
+        orientation, so a view-averaged embedding is invariant to how the cell happened to
+        lie, and less noisy: on the synthetic world (1600 cells, default encoder, 6
+        epochs) the held-out-donor probe rose from 0.496 to 0.520 (mean of 3 donor folds;
+        higher in each fold). It costs one forward pass per view (8× the compute of
+        ``"none"``). Tokens always come from the crop as it is (a spatial map is not
+        rotation invariant).
     batch_size : crops per forward pass.
     device : ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``; bf16 autocast on CUDA when ``amp``.
     num_workers : data-loader worker processes reading an ``.h5sc`` file.
@@ -147,6 +171,11 @@ def extract(model, crops, *, layer: str | Sequence[str] | None = None, tokens_ou
         raise ValueError(f"token_dtype must be 'float16' or 'float32', got {token_dtype!r}")
     if int(token_pool) < 1:
         raise ValueError(f"token_pool must be >= 1, got {token_pool}")
+    if tta not in TTA_VIEWS:
+        raise ValueError(f"tta must be one of {sorted(TTA_VIEWS)}, got {tta!r}")
+    if tta != "none" and store.shape[2] != store.shape[3]:
+        raise ValueError(f"tta={tta!r} rotates crops by 90 degrees, which needs square crops; "
+                         f"these are {store.shape[2]}x{store.shape[3]} (use tta='none')")
     tokens_out = Path(tokens_out) if tokens_out is not None else None
     if tokens_out is not None and tokens_out.exists() and not overwrite:
         raise FileExistsError(f"token store '{tokens_out}' exists; pass overwrite=True "
@@ -205,7 +234,7 @@ def extract(model, crops, *, layer: str | Sequence[str] | None = None, tokens_ou
         pooled_norm = None
     geometry = {"layers": layers, "tokens_layer": tokens_layer, "token_pool": int(token_pool),
                 "per_cell": per_cell, "d_tok": d_tok, "token_dtype": token_dtype,
-                "use_amp": use_amp}
+                "use_amp": use_amp, "tta": tta}
     t0 = time.perf_counter()
     bar = progress(total=n, desc="extract", unit="crop")
     try:
@@ -244,7 +273,7 @@ def extract(model, crops, *, layer: str | Sequence[str] | None = None, tokens_ou
                 crops_per_s, f"; {n * per_cell} tokens → {tokens_out}" if tokens_out else "")
     params = {"layer": layer, "tokens_layer": tokens_layer if tokens_out else None,
               "tokens_path": str(tokens_out) if tokens_out else None,
-              "token_pool": int(token_pool), "model": model.config()}
+              "token_pool": int(token_pool), "tta": tta, "model": model.config()}
     if adata is not None:
         adata.obsm[key_added] = embeddings
         adata.uns[key_added] = {k: v for k, v in params.items() if k != "model" and v is not None}
@@ -254,7 +283,7 @@ def extract(model, crops, *, layer: str | Sequence[str] | None = None, tokens_ou
                          tokens_per_cell=per_cell if tokens_out else 0,
                          grid=(gh, gw) if tokens_out else (0, 0),
                          token_dim=d_tok if tokens_out else 0, crops_per_s=crops_per_s,
-                         params=params)
+                         tta=tta, params=params)
 
 
 def _embed_batches(model, batches, device, geometry: dict, writer: dict | None,
@@ -271,12 +300,22 @@ def _embed_batches(model, batches, device, geometry: dict, writer: dict | None,
             bad = idx[~torch.isfinite(x.reshape(len(x), -1)).all(1).numpy()]
             raise ValueError(f"crops contain NaN or Inf (first: cell {int(bad[0])}); drop or "
                              "repair those cells before extraction")
+        x = x.to(device)
+        pooled = None
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16,
                                              enabled=geometry["use_amp"]):
-            maps = model.forward_features(x.to(device), list({*layers, tokens_layer}))
+            for i, view in enumerate(dihedral_views(x, geometry.get("tta", "none"))):
+                # the first view is the crop as it is: its map at the token tap is kept
+                wanted = list({*layers, tokens_layer}) if i == 0 and writer is not None \
+                    else layers
+                view_maps = model.forward_features(view, wanted)
+                if i == 0:
+                    maps = view_maps
+                p = torch.cat([view_maps[name].float().mean(dim=(2, 3)) for name in layers],
+                              dim=1)
+                pooled = p if pooled is None else pooled + p
         local = idx - offset
-        embeddings[local] = torch.cat([maps[name].float().mean(dim=(2, 3)) for name in layers],
-                                      dim=1).cpu().numpy()
+        embeddings[local] = (pooled / len(TTA_VIEWS[geometry.get("tta", "none")])).cpu().numpy()
         if writer is not None:
             tmap = maps[tokens_layer].float()
             if token_pool > 1:

@@ -451,12 +451,24 @@ def _entropic_gw(
     Z = torch.empty_like(T)  # ping-pong buffer: log-kernel, then the next coupling
     buf = None  # (n, m) scratch for the exact cross term
 
-    def cross_terms(T, exact, out):
+    def cross_terms(T, exact, out, product=False):
         """``<X, T>`` and a builder writing ``c X + col ⊕ row`` into ``out`` (X ≈ C1 T C2).
 
-        ``out`` is the free ``(n, m)`` buffer; the exact path already holds X there.
+        ``out`` is the free ``(n, m)`` buffer; the exact path already holds X there. With
+        ``product`` (``T`` is the product coupling ``p qᵀ``), ``X = (C1 p)(C2 q)ᵀ`` is
+        exact and rank one: two matrix-vector products.
         """
         nonlocal buf
+        if product:
+            x1, y2 = C1t @ pt, C2t @ qt
+            xt = float(x1 @ pt) * float(y2 @ qt)
+
+            def build(out, c, col, row):
+                left = torch.stack([c * x1, col, torch.ones_like(col)], 1)
+                right = torch.stack([y2, torch.ones_like(row), row], 0)
+                return torch.mm(left, right, out=out)
+
+            return xt, build
         if exact or lr1 is None:
             if buf is None:
                 buf = torch.empty_like(T)
@@ -516,7 +528,9 @@ def _entropic_gw(
         else:
             tp = T.sum(1)
             a = C1sq @ tp
-        xt, build = cross_terms(T, exact, Z)
+        # the first step from the default start p qᵀ has an exact rank-one cross term
+        product = it == 1 and init is None and not polishing
+        xt, build = cross_terms(T, exact, Z, product)
         loss = float(a @ tp + b @ tq) - 2 * xt
         if Mt is not None:
             loss = alpha * loss + (1 - alpha) * _inner(Mt, T)
@@ -528,9 +542,12 @@ def _entropic_gw(
                 out.add_(Mt, alpha=-(1 - alpha) / eps)
             return out
 
-        def rebuild(f_new, g_new, build=build, log_kernel=log_kernel, T=T, Z=Z, exact=exact):
+        def rebuild(
+            f_new, g_new, build=build, log_kernel=log_kernel, T=T, Z=Z, exact=exact, product=product
+        ):
             # the exact path's builder consumed its cross term: recompute it
-            bld = cross_terms(T, exact, Z)[1] if exact or lr1 is None else build
+            reuse = product or not (exact or lr1 is None)
+            bld = build if reuse else cross_terms(T, exact, Z)[1]
             return log_kernel(bld, f=f_new, g=g_new)
 
         args = (f, g, logp, logq, pt, qt, eps, tau_source, tau_target, inner_max_iter, inner_tol)
@@ -538,7 +555,7 @@ def _entropic_gw(
         if solved is None:
             # the scaling kernel underflowed: rebuild the log-kernel, solve in log domain
             solved = _sinkhorn_log(
-                log_kernel(cross_terms(T, exact, Z)[1]),
+                log_kernel(cross_terms(T, exact, Z, product)[1]),
                 f,
                 g,
                 logp,

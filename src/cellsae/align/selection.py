@@ -30,6 +30,26 @@ an outlier: on versions of the synthetic world (1000 cells) it picked 0.26–0.3
 both distortion criteria found 0.05–0.08, and on the 200-cell world with a 2 × 2 grid
 0.60 against 0.07 (on the latest 1000-cell world it picked 0.083, truth-picked 0.043).
 
+Also tried on the same candidates (SNARE-seq / scGEM / Gouwens morphology / Gouwens
+ephys / 1000-cell world / 200-cell world with the 2 × 2 grid) and not adopted:
+
+* stability under resampling (80 % of each side's cells, 2 draws, mean squared distance
+  between the subsample's projection and the full one): mirrors are stable too, it
+  picked 0.608 (a mirror) on morphology and 0.612 on ephys; scGEM 0.205, world 0.100;
+* kNN preservation (Jaccard overlap of the 10 nearest neighbours in the source and
+  among the projections): 0.153 / 0.198 / 0.637 (a mirror) / 0.486 / 0.043 / 0.067;
+* consensus on projections scaled to unit variance (removes the pull towards large ε):
+  identical picks, except 0.585 on the 200-cell world;
+* averaging the couplings of the consensus bulk (score ≤ median) instead of picking one:
+  0.151 / 0.201 / 0.302 / 0.481 / 0.122, never better than the single pick;
+* unbalanced marginals (``tau`` 0.99 / 0.9 at the best balanced setting): scGEM 0.202 /
+  0.223 against 0.194, morphology 0.269 / 0.517 against 0.268.
+
+How far any label-free choice could go is bounded by the best candidate (the
+benchmark's ``*_label_tuned``) and, for a map that gets cell types right but nothing
+finer, by ``cellsae.metrics.alignment.type_oracle_foscttm`` (SNARE-seq 0.147, scGEM
+0.184 with a random cell of the right type).
+
 Every candidate's scores, the criterion and the choice are recorded in
 ``GWResult.selection``.
 """

@@ -242,3 +242,36 @@ def test_stabilised_sinkhorn_matches_its_potentials_at_small_epsilon(eps):
     assert float((T.sum(0) - p).abs().sum()) <= err + 1e-9 and err < (1e-8 if eps > 1e-3 else 1e-2)
     # the returned coupling is the Gibbs kernel of the returned potentials
     assert torch.allclose(T, torch.exp((f[:, None] + g[None, :] - G) / eps), atol=1e-10)
+
+
+def test_absorbing_sinkhorn_stays_in_the_scaling_domain_at_small_epsilon():
+    # float32 Gibbs kernel of a cost spanning 500 eps underflows: the scalings must be
+    # absorbed into the potentials (kernel rebuilt) rather than the solve going log-domain
+    import torch
+
+    from cellsae.align.solvers import _init_exp_floor, _sinkhorn_inplace
+
+    _init_exp_floor()
+    rng = np.random.default_rng(1)
+    n = 50
+    G = torch.tensor(rng.uniform(0, 1, (n, n)), dtype=torch.float32)
+    eps = 2e-3
+    p = torch.full((n,), 1 / n)
+    zero = torch.zeros(n)
+    rebuilds = []
+
+    def rebuild(f, g):
+        rebuilds.append(1)
+        return (f[:, None] + g[None, :] - G) / eps
+
+    out = _sinkhorn_inplace(
+        -G / eps, zero, zero, p.log(), p.log(), p, p, eps, 1, 1, 3000, 1e-5, 1.8, rebuild=rebuild
+    )
+    assert out is not None
+    T, f, g, _, err, used_log = out
+    assert rebuilds and not used_log
+    assert torch.isfinite(T).all()
+    assert torch.allclose(T.sum(1), p, atol=1e-6)
+    assert float((T.sum(0) - p).abs().sum()) <= err + 1e-6 and err < 1e-5
+    gibbs = torch.exp((f.double()[:, None] + g.double()[None, :] - G.double()) / eps)
+    assert torch.allclose(T.double(), gibbs, rtol=1e-3, atol=1e-9)

@@ -245,7 +245,7 @@ def test_stabilised_sinkhorn_matches_its_potentials_at_small_epsilon(eps):
 
 
 def test_absorbing_sinkhorn_stays_in_the_scaling_domain_at_small_epsilon():
-    # float32 Gibbs kernel of a cost spanning 500 eps underflows: the scalings must be
+    # float32 Gibbs kernel of a cost spanning 333 eps underflows: the scalings must be
     # absorbed into the potentials (kernel rebuilt) rather than the solve going log-domain
     import torch
 
@@ -255,7 +255,7 @@ def test_absorbing_sinkhorn_stays_in_the_scaling_domain_at_small_epsilon():
     rng = np.random.default_rng(1)
     n = 50
     G = torch.tensor(rng.uniform(0, 1, (n, n)), dtype=torch.float32)
-    eps = 2e-3
+    eps = 3e-3
     p = torch.full((n,), 1 / n)
     zero = torch.zeros(n)
     rebuilds = []

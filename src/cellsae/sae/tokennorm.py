@@ -131,11 +131,13 @@ def normalize_tokens(tokens, cell_index=None, *, mode: str = "paper", gap=None,
             raise ValueError(f"cell_index holds {int(cell_index.max())} but gap has only "
                              f"{len(means)} units")
         rows = cell_index
-    norms = np.linalg.norm(means, axis=1)
+    # per token, its unit's GAP vector: O(n_tokens × d) whatever the number of units
+    g = np.asarray(means[rows], np.float32)
+    norms = np.linalg.norm(g, axis=1)
     scale = np.where(norms > eps, 1.0 / np.maximum(norms, eps), 1.0).astype(np.float32)
-    y = x * scale[rows, None]
+    y = x * scale[:, None]
     if mode == "paper":
-        y -= (means * scale[:, None]).astype(np.float32)[rows]
+        y -= g * scale[:, None]
     else:
         mu = y.mean(0, dtype=np.float64) if center is None else np.asarray(center, np.float64)
         if mu.shape != (x.shape[1],):

@@ -4,8 +4,9 @@ Exact solvers run on identical float64 kNN-geodesic costs (k = 15, max-normalise
 synthetic branching manifold seen through two different non-linear maps (the true pairing
 is the identity), all with ε = 5e-3:
 
-* cellsae ``entropic_gw`` with its defaults (torch float32; from 1000 cells a rank-64
-  first-order-corrected low-rank cross term, over-relaxed warm-started Sinkhorn);
+* cellsae ``entropic_gw`` with its defaults (torch float32; from 1000 cells a rank-32
+  first-order-corrected low-rank cross term, over-relaxed warm-started Sinkhorn with
+  absorption of large scalings);
 * POT ``ot.gromov.entropic_gromov_wasserstein`` with numpy float64 inputs ("pot");
 * the same POT function with torch float32 tensors, POT's torch backend ("pot_torch").
 
@@ -35,13 +36,17 @@ peak RSS recorded); with ``--exact-10k`` the exact solver also runs at 10k (cost
 float32) and both FOSCTTMs are reported.
 
     python benchmarks/gw_scale.py [--quick] [--out FILE] [--sizes 1000,2000,5000]
-        [--pot-max 5000] [--pot-max-iter 30] [--pot-budget 200]
+        [--pot-max 5000] [--pot-max-iter 30] [--pot-budget 200] [--threads N]
         [--scalable 10000,50000,100000] [--landmarks 2000] [--exact-10k]
 
-Quiet re-run of the 5k comparison (about 5-7 minutes on 2 cores, mostly POT; at most
-about 8.5 minutes, when both POT runs use their whole 200 s budget):
+``--threads N`` runs every solver process with N CPU threads (torch, and the BLAS/OpenMP
+pools numpy uses, set before they load); without it each library uses its own default
+(cellsae's solver: one thread; numpy's BLAS and POT's torch backend: all cores).
 
-    python benchmarks/gw_scale.py --sizes 5000 --scalable none
+Quiet re-run of the 5k comparison, single-threaded both (about 5-7 minutes on 2 cores,
+mostly POT; at most about 8.5 minutes, when both POT runs use their whole 200 s budget):
+
+    python benchmarks/gw_scale.py --sizes 5000 --scalable none --threads 1
 
 Machine note: timings on a shared 2-core machine are noisy; all solvers in one run share
 the same conditions. Last line printed: one JSON object of flat figures.
@@ -201,6 +206,10 @@ def _run_pot(
 def _child(args) -> None:
     import resource
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kind, n = args.child, args.n
     extra: dict = {}
@@ -212,7 +221,7 @@ def _child(args) -> None:
             from cellsae.align import entropic_gw
 
             t0 = time.perf_counter()
-            res = entropic_gw(c1, c2, epsilon=EPSILON, device="cpu")
+            res = entropic_gw(c1, c2, epsilon=EPSILON, device="cpu", num_threads=args.threads)
             seconds = time.perf_counter() - t0
             plan = res.coupling
             extra = {
@@ -245,6 +254,7 @@ def _child(args) -> None:
                 cost_kwargs={"n_neighbors": K},
                 epsilon=EPSILON,
                 device="cpu",
+                num_threads=args.threads,
             )
             extra = {
                 "seconds_quantize": res.params["seconds_quantize"],
@@ -254,7 +264,7 @@ def _child(args) -> None:
             c1, _ = knn_geodesic_cost(x, n_neighbors=K, dtype=np.float32)
             c2, _ = knn_geodesic_cost(y, n_neighbors=K, dtype=np.float32)
             extra = {"seconds_costs": time.perf_counter() - t0}
-            res = entropic_gw(c1, c2, epsilon=EPSILON, device="cpu")
+            res = entropic_gw(c1, c2, epsilon=EPSILON, device="cpu", num_threads=args.threads)
             del c1, c2
             extra.update(
                 n_iter=res.params["n_iter"],
@@ -290,8 +300,13 @@ def run_child(kind, args, n, timeout) -> tuple[dict, np.ndarray | None]:
         "--landmarks",
         str(args.landmarks),
     ]
+    env = dict(os.environ)
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(args.threads)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout}s"}, None
     if proc.returncode != 0:
@@ -427,6 +442,12 @@ def main(argv=None) -> int:
         default=200.0,
         help="seconds of solver time per POT run before it is stopped (default 200)",
     )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of every solver process (default: each library's own)",
+    )
     ap.add_argument("--scalable", default=None, help="landmark sizes (default 10000,50000,100000)")
     ap.add_argument("--landmarks", type=int, default=None, help="anchors per side (default 2000)")
     ap.add_argument("--exact-10k", action="store_true", help="also run the exact solver at 10k")
@@ -460,6 +481,7 @@ def main(argv=None) -> int:
         "pot_max_iter": args.pot_max_iter,
         "pot_budget_s": args.pot_budget,
         "cpu_threads": os.cpu_count(),
+        "solver_threads": args.threads,
         "load_avg_start": os.getloadavg()[0],
     }
     with tempfile.TemporaryDirectory() as tmp:

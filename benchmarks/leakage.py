@@ -138,7 +138,9 @@ def _embed(crops, labels, split, *, train: bool, epochs: int, seed: int) -> np.n
             torch.manual_seed(seed)
             model = build_encoder("resnet", in_channels=crops.shape[1], **params)
         model.set_input_stats(crops.mean(axis=(0, 2, 3)), crops.std(axis=(0, 2, 3)))
-    return np.asarray(extract(model.eval(), crops, device="cpu").embeddings, np.float32)
+    # the paper's features are of the plain image: no test-time rotations or flips
+    emb = extract(model.eval(), crops, device="cpu", tta="none").embeddings
+    return np.asarray(emb, np.float32)
 
 
 def _sae(x: np.ndarray, seed: int, n_epochs: float) -> np.ndarray:

@@ -35,6 +35,7 @@ def test_paper_preset_fills_every_stage_with_the_papers_settings(tmp_path):
     assert tr["augment"]["rot90"] and not tr["augment"]["flip"]
     assert tr["augment"]["affine_p"] == 0 and tr["augment"]["noise"] == 0
     assert cfg.embed.split_mode == "random"  # the paper's split, random over units
+    assert cfg.embed.tta == "none"  # its GAP features are of the plain image
     assert cfg.embed.split_fractions == pytest.approx((0.5, 1 / 6, 1 / 3))
     # SAE: the gated paper preset
     assert cfg.sae.preset == "paper" and cfg.sae.arch == "gated" and cfg.sae.d_sae == 8192

@@ -163,7 +163,7 @@ def stage_embed(ctx: StageContext) -> None:
     save_encoder(result.model, ctx.out / "encoder.safetensors")
     emb = extract(result.model, store, device=cfg.run.device,
                   tokens_out=ctx.out / "tokens.zarr" if cfg.embed.tokens else None,
-                  tokens_layer=cfg.embed.token_layer)
+                  tokens_layer=cfg.embed.token_layer, tta=cfg.embed.tta)
     cells.obsm["X_cnn"] = emb.embeddings.astype(np.float32)
     ctx.metrics["extract_crops_per_s"] = float(emb.crops_per_s)
     if cfg.embed.tokens:

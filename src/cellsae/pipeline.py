@@ -88,6 +88,7 @@ class EmbedSection(StrictModel):
     split_fractions: tuple[float, float, float] | None = None  # (train, val, test) shares
     tokens: bool = False               # also write the spatial token store (tokens.zarr)
     token_layer: str | None = None     # tap for the tokens (default: the embedding's layer)
+    tta: Literal["dihedral", "rot90", "none"] = "dihedral"  # test-time views (embed.extract)
 
 
 class SAESection(StrictModel):

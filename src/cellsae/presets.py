@@ -96,6 +96,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             # the SAE trains on every spatial token of the last stage (the paper's stage5_out)
             "tokens": True,
             "token_layer": "stage4",
+            # its GAP caches are of the plain image (no test-time rotations or flips)
+            "tta": "none",
         },
         "sae": {
             "preset": "paper",

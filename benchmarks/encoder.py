@@ -4,7 +4,9 @@ Held-out-donor genotype accuracy of a linear probe (logistic regression) on thre
 representations of the same cells:
 
 - ``cnn``: the pooled embedding of a CNN trained with ``cellsae.embed.train_encoder`` on
-  the training donors only,
+  the training donors only, extracted with ``cellsae.embed.extract``'s default test-time
+  augmentation (mean over the 8 rotations / reflections; ``probe_acc_cnn_no_tta`` is the
+  same model without it),
 - ``measure``: hand-crafted measurements (``segment``: each crop segmented and measured
   with ``cellsae.images``; ``statistics``: simple per-channel crop statistics),
 - ``pixels``: PCA of the raw pixels, fitted on the training donors.
@@ -44,6 +46,11 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", type=int, default=None, help="donor folds (default: all; quick: 1)")
     ap.add_argument("--measure", default=None, choices=["segment", "statistics"],
                     help="hand-crafted baseline (default: segment; quick: statistics)")
+    ap.add_argument("--tta", default="dihedral", choices=["dihedral", "rot90", "none"],
+                    help="test-time views averaged into the CNN embedding (extract's default)")
+    ap.add_argument("--probe-c", default="1.0",
+                    help="inverse penalty of every probe, or 'auto' (leave-one-training-donor-"
+                    "out cross-validation; test donors never used)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None,
@@ -60,6 +67,7 @@ def main(argv=None) -> int:
     from cellsae.embed import measurement_features, pixel_pca, probe_split, train_encoder
     from cellsae.embed.extract import extract
 
+    probe_c = args.probe_c if args.probe_c == "auto" else float(args.probe_c)
     t_start = time.perf_counter()
     n_cells = args.n_cells or (1600 if args.quick else 2000)
     measure_method = args.measure or ("statistics" if args.quick else "segment")
@@ -85,12 +93,12 @@ def main(argv=None) -> int:
     donors_of = {g: sorted(set(donor[genotype == g])) for g in sorted(set(genotype))}
     n_folds_max = min(len(v) for v in donors_of.values())
     n_folds = min(args.folds or (1 if args.quick else n_folds_max), n_folds_max)
-    scores = {"cnn": [], "cnn_multilayer": [], "measure": [], "pixels": []}
-    balanced = {"cnn": [], "cnn_multilayer": [], "measure": [], "pixels": []}
+    scores = {k: [] for k in ("cnn", "cnn_no_tta", "cnn_multilayer", "measure", "pixels")}
+    balanced = {k: [] for k in scores}
     worst_donor = []
     per_donor: dict[str, dict[str, float]] = {"cnn": {}, "measure": {}, "pixels": {}}
     confusion = None
-    train_rates, extract_rates, train_seconds = [], [], []
+    train_rates, extract_rates, extract_plain_rates, train_seconds = [], [], [], []
     device = None
     for fold in range(n_folds):
         test_donors = {v[fold] for v in donors_of.values()}
@@ -100,16 +108,22 @@ def main(argv=None) -> int:
                                device=args.device, seed=args.seed + fold)
         train_seconds.append(time.perf_counter() - t0)
         train_rates.append(result.train_crops_per_s)
-        ext = extract(result.model, crops, device=args.device)
+        # the default embedding: averaged over the 8 rotations / reflections of each crop
+        ext = extract(result.model, crops, tta=args.tta, device=args.device)
+        # one plain pass gives the un-augmented last stage and the last two stages
         last_two = result.model.stage_names[-2:]
-        multi = extract(result.model, crops, layer=last_two, device=args.device).embeddings
+        plain = extract(result.model, crops, layer=last_two, tta="none", device=args.device)
+        multi = plain.embeddings
+        no_tta = multi[:, -result.model.embed_dim:]
         extract_rates.append(ext.crops_per_s)
+        extract_plain_rates.append(plain.crops_per_s)
         device = str(next(result.model.parameters()).device) if device is None else device
         pixels = pixel_pca(crops, np.flatnonzero(split == "train"), n_components=50,
                            seed=args.seed)
-        for name, rep in (("cnn", ext.embeddings), ("cnn_multilayer", multi),
-                          ("measure", measure), ("pixels", pixels)):
-            res = probe_split(rep, genotype, split, groups=donor, train_parts=("train",))
+        for name, rep in (("cnn", ext.embeddings), ("cnn_no_tta", no_tta),
+                          ("cnn_multilayer", multi), ("measure", measure), ("pixels", pixels)):
+            res = probe_split(rep, genotype, split, groups=donor, train_parts=("train",),
+                              C=probe_c)
             scores[name].append(res.accuracy)
             balanced[name].append(res.balanced_accuracy)
             if name in per_donor:
@@ -123,7 +137,11 @@ def main(argv=None) -> int:
         "probe_acc_cnn": float(np.mean(scores["cnn"])),
         "probe_acc_measure": float(np.mean(scores["measure"])),
         "probe_acc_pixels": float(np.mean(scores["pixels"])),
+        "probe_acc_cnn_no_tta": float(np.mean(scores["cnn_no_tta"])),
         "probe_acc_cnn_last_two_stages": float(np.mean(scores["cnn_multilayer"])),
+        "probe_acc_cnn_per_fold": [float(v) for v in scores["cnn"]],
+        "probe_acc_measure_per_fold": [float(v) for v in scores["measure"]],
+        "probe_acc_pixels_per_fold": [float(v) for v in scores["pixels"]],
         "probe_acc_cnn_sd": float(np.std(scores["cnn"])),
         "probe_acc_measure_sd": float(np.std(scores["measure"])),
         "probe_acc_pixels_sd": float(np.std(scores["pixels"])),
@@ -135,6 +153,9 @@ def main(argv=None) -> int:
         "cnn_beats_pixels": bool(np.mean(scores["cnn"]) > np.mean(scores["pixels"])),
         "train_crops_per_s": float(np.mean(train_rates)),
         "extract_crops_per_s": float(np.mean(extract_rates)),
+        "extract_crops_per_s_no_tta": float(np.mean(extract_plain_rates)),
+        "tta": args.tta,
+        "probe_c": probe_c,
         "train_seconds_per_fold": float(np.mean(train_seconds)),
         "measure_seconds": t_measure,
         "world_seconds": t_world,

@@ -91,6 +91,24 @@ def test_fused_and_semirelaxed(rng):
     assert np.isfinite(unb.coupling).all() and unb.coupling.sum() > 0
 
 
+def test_unbalanced_mass_is_stable_and_shrinks_with_tau(rng):
+    # a weak marginal penalty (tau 0.5: rho = epsilon) used to make the mass oscillate
+    # (15x, then 1e-21) without converging; with the entropy taken relative to p q^T and
+    # the UGW mass rescaling it converges to a mass below 1 that grows with tau
+    x = rng.normal(size=(60, 5))
+    y = rng.normal(size=(60, 4))
+    c1, _ = euclidean_cost(x)
+    c2, _ = euclidean_cost(y)
+    masses = []
+    for tau in (0.5, 0.9):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            res = entropic_gw(c1, c2, epsilon=5e-3, tau_source=tau, tau_target=tau,
+                              anneal=False, device="cpu", dtype="float64")
+        masses.append(float(res.coupling.sum()))
+    assert 0 < masses[0] < masses[1] < 1
+
+
 def test_low_rank_cross_term_within_its_certified_bound(rng):
     x, y, _ = _isometry_problem(rng, n=80, noise=0.05)
     c1, _ = knn_geodesic_cost(x, n_neighbors=10)

@@ -38,6 +38,7 @@ Fused GW (``feature_cost``, ``alpha``) and unbalanced / semi-relaxed marginals
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -254,7 +255,11 @@ def entropic_gw(
     tau_source, tau_target : float in [0, 1]
         Marginal relaxation: 1 enforces the marginal exactly (balanced), 0 frees it
         (semi-relaxed GW), values in between penalise it with KL of strength
-        ``rho = epsilon * tau / (1 - tau)`` (unbalanced Sinkhorn).
+        ``rho = epsilon * tau / (1 - tau)`` (unbalanced Sinkhorn). When relaxed, the
+        entropy is taken relative to ``p qᵀ`` and each step follows UGW (Séjourné et al.
+        2021): ε and ρ scale with the coupling's mass and the new coupling is rescaled to
+        the geometric mean of the old and new masses, so the mass settles (below 1; the
+        smaller ``tau``, the more mass is destroyed) instead of oscillating.
     approx_rank : int, "auto" or None
         Rank of the randomised factorisations used for the first-order-corrected cross
         term (see the module docstring): ``O(n² r)`` per iteration instead of ``O(n³)``,
@@ -544,8 +549,14 @@ def _entropic_gw(
             loss = alpha * loss + (1 - alpha) * _inner(Mt, T)
 
         def log_kernel(build, a=a, b=b, Z=Z, eps=eps, f=f, g=g):
-            # (f ⊕ g - G) / eps with G = alpha * 2 (a ⊕ b - 2 X) + (1 - alpha) M, into Z
-            out = build(Z, 4 * alpha / eps, (f - 2 * alpha * a) / eps, (g - 2 * alpha * b) / eps)
+            # (f ⊕ g - G) / eps with G = alpha * 2 (a ⊕ b - 2 X) + (1 - alpha) M, into Z;
+            # unbalanced: entropy relative to p ⊗ q (+ log p ⊕ log q), so that a zero cost
+            # keeps the product coupling (relative to the counting measure the mass would
+            # grow towards n·m, held back only by the marginal penalties)
+            col, row = (f - 2 * alpha * a) / eps, (g - 2 * alpha * b) / eps
+            if not balanced:
+                col, row = col + logp, row + logq
+            out = build(Z, 4 * alpha / eps, col, row)
             if Mt is not None:
                 out.add_(Mt, alpha=-(1 - alpha) / eps)
             return out
@@ -558,7 +569,16 @@ def _entropic_gw(
             bld = build if reuse else cross_terms(T, exact, Z)[1]
             return log_kernel(bld, f=f_new, g=g_new)
 
-        args = (f, g, logp, logq, pt, qt, eps, tau_source, tau_target, inner_max_iter, inner_tol)
+        # Unbalanced: ε and ρ = ε τ / (1 - τ) scale with the coupling's mass and the new
+        # coupling is rescaled to the geometric mean of the two masses (Séjourné et al.
+        # 2021, UGW); without it the quadratic cost's mass feedback makes the mass oscillate
+        # (a small coupling sees small costs, so the next one is large, and so on).
+        mass_old = 1.0 if balanced else float(T.sum())
+        if not balanced:
+            eps_run = eps * mass_old
+            log_kernel = functools.partial(log_kernel, eps=eps_run)
+        args = (f, g, logp, logq, pt, qt, eps if balanced else eps_run, tau_source, tau_target,
+                inner_max_iter, inner_tol)
         solved = _sinkhorn_inplace(log_kernel(build), *args, overrelaxation, rebuild=rebuild)
         if solved is None:
             # the scaling kernel underflowed: rebuild the log-kernel, solve in log domain
@@ -568,7 +588,7 @@ def _entropic_gw(
                 g,
                 logp,
                 logq,
-                eps,
+                args[6],
                 tau_source,
                 tau_target,
                 inner_max_iter,
@@ -583,6 +603,8 @@ def _entropic_gw(
                 "epsilon is too small for these costs: increase it or normalise the costs"
             )
             raise FloatingPointError(msg)
+        if not balanced:
+            T_new.mul_(math.sqrt(mass_old / mass_new))
         # ||T_new - T||_1 in place on the old buffer (it becomes the next log-kernel)
         delta = float(torch.linalg.vector_norm(T.sub_(T_new), 1))
         T, Z = T_new, T  # the old coupling's buffer is the next log-kernel

@@ -27,7 +27,8 @@ Measured on 2026-11-26 (2-core machine under load from other jobs; 1600 cells an
 unless said; mean held-out-donor probe accuracy over the 3 donor folds; one seed of the
 CNN moves a fold by about ±0.03): crop statistics 0.541, pixel PCA 0.460; default CNN
 0.496 / 0.483 / 0.488 for three seeds, 0.520 / 0.500 / 0.517 with dihedral TTA (higher in
-every fold; 2000 cells, 12 epochs, seeds 10-12: 0.538 -> 0.555). No gain over the default
+every fold; 2000 cells, 12 epochs: seeds 10-12 0.538 -> 0.555, higher in every fold, but
+seeds 0-2 0.548 -> 0.542). No gain over the default
 from: 12 epochs (0.501), 3 epochs (0.485), widths 32/64/128 (0.479, 2 folds), instance
 input normalisation (0.486), no intensity augmentation (0.495), SupCon (0.44, 2 folds),
 training on donor labels (0.493), donor adversary 0.3 (0.482), mean+std pooling of every

@@ -220,7 +220,7 @@ def main(argv=None) -> int:
     steps = args.steps or (3 if args.quick else 60)
     batch = args.batch_size
     n_eval = 2048 if args.quick else 8192
-    encode_n = args.encode_samples or (50_000 if args.quick else 1_000_000)
+    encode_n = args.encode_samples or (20_000 if args.quick else 1_000_000)
     n_train = max(steps * batch, 2 * batch)
     t0 = time.perf_counter()
     toy = toy_superposition(4096, D_IN, 25, n_train + n_eval, correlation=0.3, hierarchy=0.2,

@@ -58,6 +58,30 @@ class ProbeResult:
 PROBE_C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 
 
+def check_probe_inputs(x_train, x_test, y_train, y_test, *, dtype=np.float64,
+                       unit: str = "cells"):
+    """Probe inputs as 2-D ``dtype`` arrays and string labels, or a ValueError.
+
+    Refuses vectors and labels of different lengths, train and test vectors of different
+    widths, an empty test set and non-finite features, naming what is wrong.
+    """
+    x_train = np.asarray(x_train, dtype=dtype).reshape(len(x_train), -1)
+    x_test = np.asarray(x_test, dtype=dtype).reshape(len(x_test), -1)
+    y_train = np.asarray(y_train).astype(str)
+    y_test = np.asarray(y_test).astype(str)
+    if len(x_train) != len(y_train) or len(x_test) != len(y_test):
+        raise ValueError(f"vectors and labels differ in length: {len(x_train)} vs "
+                         f"{len(y_train)} (train), {len(x_test)} vs {len(y_test)} (test)")
+    if x_train.shape[1] != x_test.shape[1]:
+        raise ValueError(f"train and test vectors differ in width: {x_train.shape[1]} vs "
+                         f"{x_test.shape[1]}")
+    if len(x_test) == 0:
+        raise ValueError(f"no test {unit}: the probe needs held-out {unit} to score")
+    check_finite(x_train, "x_train")
+    check_finite(x_test, "x_test")
+    return x_train, x_test, y_train, y_test
+
+
 def linear_probe(x_train: np.ndarray, y_train, x_test: np.ndarray, y_test, *,
                  groups_test=None, C: float | str = 1.0, groups_train=None,
                  C_grid=PROBE_C_GRID, max_iter: int = 2000,
@@ -92,20 +116,8 @@ def linear_probe(x_train: np.ndarray, y_train, x_test: np.ndarray, y_test, *,
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix
     from sklearn.preprocessing import StandardScaler
 
-    x_train = np.asarray(x_train, dtype=np.float64).reshape(len(x_train), -1)
-    x_test = np.asarray(x_test, dtype=np.float64).reshape(len(x_test), -1)
-    y_train = np.asarray(y_train).astype(str)
-    y_test = np.asarray(y_test).astype(str)
-    if len(x_train) != len(y_train) or len(x_test) != len(y_test):
-        raise ValueError(f"vectors and labels differ in length: {len(x_train)} vs "
-                         f"{len(y_train)} (train), {len(x_test)} vs {len(y_test)} (test)")
-    if x_train.shape[1] != x_test.shape[1]:
-        raise ValueError(f"train and test vectors differ in width: {x_train.shape[1]} vs "
-                         f"{x_test.shape[1]}")
-    if len(x_test) == 0:
-        raise ValueError("no test cells: the probe needs held-out cells to score")
-    check_finite(x_train, "x_train")
-    check_finite(x_test, "x_test")
+    x_train, x_test, y_train, y_test = check_probe_inputs(x_train, x_test, y_train, y_test,
+                                                          dtype=np.float64, unit="cells")
     classes = np.unique(y_train)
     if len(classes) < 2:
         raise ValueError(f"the probe needs at least 2 classes in training, got {list(classes)}")

@@ -302,19 +302,10 @@ def balanced_linear_probe(x_train, y_train, x_test, y_test, *, epochs: int = 3,
     """
     import torch
 
-    x_train = np.asarray(x_train, np.float32).reshape(len(x_train), -1)
-    x_test = np.asarray(x_test, np.float32).reshape(len(x_test), -1)
-    y_train, y_test = np.asarray(y_train).astype(str), np.asarray(y_test).astype(str)
-    if len(x_train) != len(y_train) or len(x_test) != len(y_test):
-        raise ValueError(f"vectors and labels differ in length: {len(x_train)} vs "
-                         f"{len(y_train)} (train), {len(x_test)} vs {len(y_test)} (test)")
-    if x_train.shape[1] != x_test.shape[1]:
-        raise ValueError(f"train and test vectors differ in width: {x_train.shape[1]} vs "
-                         f"{x_test.shape[1]}")
-    if len(x_test) == 0:
-        raise ValueError("no test units: the probe needs held-out units to score")
-    if not (np.isfinite(x_train).all() and np.isfinite(x_test).all()):
-        raise ValueError("the probe's features contain NaN or Inf")
+    from ..embed.evaluate import check_probe_inputs
+
+    x_train, x_test, y_train, y_test = check_probe_inputs(x_train, x_test, y_train, y_test,
+                                                          dtype=np.float32, unit="units")
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0, got {epochs}, "
                          f"{batch_size}, {lr}")

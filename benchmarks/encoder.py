@@ -31,7 +31,7 @@ The last line printed is one JSON object of flat figures.
 Measured on 2026-11-26, quiet 2-core machine, 6 donors per genotype (the default): full run
 (2000 cells, 12 epochs, 6 folds, segmented measurements) CNN 0.588 ± 0.048 (no TTA 0.570),
 measurements 0.516 ± 0.026, pixel PCA 0.486 ± 0.020; the CNN is ahead of the measurements
-in 5 of 6 folds (paired difference 0.072 ± 0.057). ``--quick`` CNN 0.533, measurements
+in 5 of 6 folds (paired difference 0.072 ± 0.056). ``--quick`` CNN 0.533, measurements
 0.479, pixels 0.471.
 
 With 3 donors per genotype (2 training donors per genotype; under load from other jobs;

@@ -314,28 +314,29 @@ def extract_truncated_h5sc(tmp):
     extract(_encoder(), path, tokens_out=tmp / "tokens.zarr", device="cpu")
 
 
-@case(ValueError, "token store .* cannot be read")
-def tokens_corrupt_chunk(tmp):
+def _token_store_chunk(tmp):
+    """Write a small token store under ``tmp`` and return the path of one data chunk."""
     from cellsae.embed import extract
-    from cellsae.embed.extract import TokenStore
 
     x = np.random.default_rng(0).normal(size=(4, 2, 16, 16)).astype(np.float32)
     extract(_encoder(), x, tokens_out=tmp / "t.zarr", batch_size=2, device="cpu")
-    chunk = next(p for p in (tmp / "t.zarr" / "tokens").rglob("*")
-                 if p.is_file() and p.name != "zarr.json")
-    chunk.write_bytes(b"\x00\x01garbage")
+    return next(p for p in (tmp / "t.zarr" / "tokens").rglob("*")
+                if p.is_file() and p.name != "zarr.json")
+
+
+@case(ValueError, "token store .* cannot be read")
+def tokens_corrupt_chunk(tmp):
+    from cellsae.embed.extract import TokenStore
+
+    _token_store_chunk(tmp).write_bytes(b"\x00\x01garbage")
     list(TokenStore(tmp / "t.zarr").iter_batches(8))
 
 
 @case(ValueError, "token store .* cannot be read")
 def tokens_flipped_byte(tmp):
-    from cellsae.embed import extract
     from cellsae.embed.extract import TokenStore
 
-    x = np.random.default_rng(0).normal(size=(4, 2, 16, 16)).astype(np.float32)
-    extract(_encoder(), x, tokens_out=tmp / "t.zarr", batch_size=2, device="cpu")
-    chunk = next(p for p in (tmp / "t.zarr" / "tokens").rglob("*")
-                 if p.is_file() and p.name != "zarr.json")
+    chunk = _token_store_chunk(tmp)
     _flip_byte(chunk, len(chunk.read_bytes()) // 2)
     list(TokenStore(tmp / "t.zarr").iter_batches(8))
 

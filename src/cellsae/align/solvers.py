@@ -38,7 +38,6 @@ Fused GW (``feature_cost``, ``alpha``) and unbalanced / semi-relaxed marginals
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
@@ -548,7 +547,14 @@ def _entropic_gw(
         if Mt is not None:
             loss = alpha * loss + (1 - alpha) * _inner(Mt, T)
 
-        def log_kernel(build, a=a, b=b, Z=Z, eps=eps, f=f, g=g):
+        # Unbalanced: ε and ρ = ε τ / (1 - τ) scale with the coupling's mass and the new
+        # coupling is rescaled to the geometric mean of the two masses (Séjourné et al.
+        # 2021, UGW); without it the quadratic cost's mass feedback makes the mass oscillate
+        # (a small coupling sees small costs, so the next one is large, and so on).
+        mass_old = 1.0 if balanced else float(T.sum())
+        eps_step = eps * mass_old
+
+        def log_kernel(build, a=a, b=b, Z=Z, eps=eps_step, f=f, g=g):
             # (f ⊕ g - G) / eps with G = alpha * 2 (a ⊕ b - 2 X) + (1 - alpha) M, into Z;
             # unbalanced: entropy relative to p ⊗ q (+ log p ⊕ log q), so that a zero cost
             # keeps the product coupling (relative to the counting measure the mass would
@@ -569,16 +575,8 @@ def _entropic_gw(
             bld = build if reuse else cross_terms(T, exact, Z)[1]
             return log_kernel(bld, f=f_new, g=g_new)
 
-        # Unbalanced: ε and ρ = ε τ / (1 - τ) scale with the coupling's mass and the new
-        # coupling is rescaled to the geometric mean of the two masses (Séjourné et al.
-        # 2021, UGW); without it the quadratic cost's mass feedback makes the mass oscillate
-        # (a small coupling sees small costs, so the next one is large, and so on).
-        mass_old = 1.0 if balanced else float(T.sum())
-        if not balanced:
-            eps_run = eps * mass_old
-            log_kernel = functools.partial(log_kernel, eps=eps_run)
-        args = (f, g, logp, logq, pt, qt, eps if balanced else eps_run, tau_source, tau_target,
-                inner_max_iter, inner_tol)
+        args = (f, g, logp, logq, pt, qt, eps_step, tau_source, tau_target, inner_max_iter,
+                inner_tol)
         solved = _sinkhorn_inplace(log_kernel(build), *args, overrelaxation, rebuild=rebuild)
         if solved is None:
             # the scaling kernel underflowed: rebuild the log-kernel, solve in log domain
@@ -588,7 +586,7 @@ def _entropic_gw(
                 g,
                 logp,
                 logq,
-                args[6],
+                eps_step,
                 tau_source,
                 tau_target,
                 inner_max_iter,

@@ -125,17 +125,18 @@ def linear_probe(x_train: np.ndarray, y_train, x_test: np.ndarray, y_test, *,
         x_train = x_train / np.maximum(np.linalg.norm(x_train, axis=1, keepdims=True), 1e-12)
         x_test = x_test / np.maximum(np.linalg.norm(x_test, axis=1, keepdims=True), 1e-12)
     scaler = StandardScaler().fit(x_train)
+    xs_train = scaler.transform(x_train)
     rng = as_rng(seed)
     state = int(rng.integers(0, 2**31 - 1))
     if isinstance(C, str):
         if C != "auto":
             raise ValueError(f"C must be a positive number or 'auto', got {C!r}")
-        C = select_probe_c(scaler.transform(x_train), y_train, groups_train, C_grid=C_grid,
+        C = select_probe_c(xs_train, y_train, groups_train, C_grid=C_grid,
                            max_iter=max_iter, seed=state)
     elif not C > 0:
         raise ValueError(f"C must be a positive number or 'auto', got {C!r}")
     clf = LogisticRegression(C=C, max_iter=max_iter, random_state=state)
-    clf.fit(scaler.transform(x_train), y_train)
+    clf.fit(xs_train, y_train)
     pred = clf.predict(scaler.transform(x_test))
     all_classes = np.unique(np.concatenate([classes, np.unique(y_test)]))
     per_group: dict[str, float] = {}

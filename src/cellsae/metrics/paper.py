@@ -222,13 +222,7 @@ def centroid_root(embedding, control_mask) -> int:
     -------
     int, a position in ``embedding``.
     """
-    e = np.asarray(embedding, dtype=np.float64)
-    m = np.asarray(control_mask, dtype=bool)
-    if e.ndim != 2 or len(m) != len(e):
-        raise ValueError(
-            f"embedding must be (n, d) and control_mask (n,), got {e.shape} and {m.shape}"
-        )
-    return int(centroid_roots(e, m, 1)[0])
+    return int(centroid_roots(embedding, control_mask, 1)[0])
 
 
 def centroid_roots(embedding, control_mask, n: int = 10) -> np.ndarray:

@@ -329,7 +329,9 @@ class GWResult:
             empty = ~np.isfinite(probs).all(1)
             probs = np.nan_to_num(probs)
             label = classes[probs.argmax(1)].astype(object)
-            label[empty] = None   # a cell that received no mass gets no label
+            if empty.any():
+                logger.warning("%d cell(s) received no mass; their label is None", empty.sum())
+                label[empty] = None
             df = pd.DataFrame({"label": label, "confidence": probs.max(1)})
             for k, c in enumerate(classes):
                 df[f"p_{c}"] = probs[:, k]

@@ -176,16 +176,15 @@ def main(argv=None) -> int:
     # knn_geodesic_cost refuses it, so that pair is dropped here (176 of 177 cells).
     ok = np.ptp(d.source, axis=1) > 0
     figures["scgem_n_cells"] = int(ok.sum())
-    figures.update(_score("scgem", normalize(d.source[ok]), normalize(d.target[ok]),
-                          d.source_labels[ok], d.target_labels[ok],
+    xs, ys = normalize(d.source[ok]), normalize(d.target[ok])
+    figures.update(_score("scgem", xs, ys, d.source_labels[ok], d.target_labels[ok],
                           (20, 30, 50),  # quick too: 2 x 2 picked 0.214, 3 x 2 picks 0.199
                           (5e-3, 1e-2) if quick else (2e-3, 5e-3, 1e-2),
                           compare_multiscale=not args.no_multiscale))
-    figures.update(_type_references("scgem", normalize(d.source[ok]), normalize(d.target[ok]),
-                                    d.source_labels[ok], d.target_labels[ok]))
+    figures.update(_type_references("scgem", xs, ys, d.source_labels[ok],
+                                    d.target_labels[ok]))
     if not quick:
-        figures["scgem_foscttm_supervised_ceiling"] = _supervised_ceiling(
-            normalize(d.source[ok]), normalize(d.target[ok]))
+        figures["scgem_foscttm_supervised_ceiling"] = _supervised_ceiling(xs, ys)
     # Gouwens 2020: morphology (z-scored) / ephys -> RNA (PCA-30); 5(6) subclasses
     for modality in ("morph",) if quick else ("morph", "ephys"):
         d = load_gouwens2020(args.data, modality=modality)
@@ -201,13 +200,11 @@ def main(argv=None) -> int:
                                         d.target_labels))
     if not quick:
         d = load_snareseq(args.data)
-        figures.update(_score("snare", normalize(d.source), normalize(d.target),
-                              d.source_labels, d.target_labels, (30, 70, 110),
+        xs, ys = normalize(d.source), normalize(d.target)
+        figures.update(_score("snare", xs, ys, d.source_labels, d.target_labels, (30, 70, 110),
                               (1e-3, 3e-3, 1e-2), compare_multiscale=not args.no_multiscale))
-        figures.update(_type_references("snare", normalize(d.source), normalize(d.target),
-                                        d.source_labels, d.target_labels))
-        figures["snare_foscttm_supervised_ceiling"] = _supervised_ceiling(
-            normalize(d.source), normalize(d.target))
+        figures.update(_type_references("snare", xs, ys, d.source_labels, d.target_labels))
+        figures["snare_foscttm_supervised_ceiling"] = _supervised_ceiling(xs, ys)
     # synthetic world: true visual factors stand in for image features (no SAE here)
     try:
         from cellsae.datasets import neuron_world

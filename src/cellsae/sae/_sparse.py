@@ -49,6 +49,12 @@ class _GatherPreacts(torch.autograd.Function):
         return None, None, grad_W, grad_b, grad_bdec, None, None, None
 
 
+def csr_rows(crow: torch.Tensor, nnz: int) -> torch.Tensor:
+    """Row index of each of the ``nnz`` entries of a CSR structure with row pointer ``crow``."""
+    return torch.repeat_interleave(torch.arange(crow.shape[0] - 1, device=crow.device),
+                                   crow[1:] - crow[:-1], output_size=nnz)
+
+
 def gather_preacts(pre: torch.Tensor, x_centered: torch.Tensor, W_enc, b_enc, b_dec,
                    crow: torch.Tensor, cols: torch.Tensor, *, pre_bias: bool) -> torch.Tensor:
     """Differentiable pre-activation values at the CSR entries ``(crow, cols)``.
@@ -62,8 +68,7 @@ def gather_preacts(pre: torch.Tensor, x_centered: torch.Tensor, W_enc, b_enc, b_
     crow : (batch + 1,) int64 tensor, cols : (nnz,) int64 tensor
         CSR structure of the active entries, rows in order.
     """
-    rows = torch.repeat_interleave(torch.arange(pre.shape[0], device=pre.device),
-                                   crow[1:] - crow[:-1], output_size=cols.shape[0])
+    rows = csr_rows(crow, cols.shape[0])
     if pre.dtype == torch.float32:
         values = pre[rows, cols]
     else:  # low-precision (autocast) selection: recompute the chosen values in fp32

@@ -22,7 +22,7 @@ import torch
 from scipy import sparse
 from torch import nn
 
-from ._sparse import gather_preacts, sparse_decode
+from ._sparse import csr_rows, gather_preacts, sparse_decode
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +126,7 @@ class SAE(nn.Module, abc.ABC):
         if hasattr(self, "_select"):  # the selection training uses (BatchTopK: batch-wide)
             pre = self._preacts(x, self.W_enc, self.b_enc)
             crow, cols = self._select(pre, LossContext(update_state=False))
-            rows = torch.repeat_interleave(torch.arange(x.shape[0], device=x.device),
-                                           crow[1:] - crow[:-1], output_size=cols.numel())
+            rows = csr_rows(crow, cols.numel())
             x_hat = sparse_decode(crow, cols, torch.relu(pre[rows, cols]), self.W_dec)
         else:
             x_hat = self.decode_normalised(self.encode_normalised(x)) - self.b_dec

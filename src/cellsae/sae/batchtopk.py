@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._sparse import batch_topk_structure
+from ._sparse import batch_topk_structure, csr_rows
 from .base import LossContext, StepOutput
 from .topk import TopKSAE
 
@@ -52,8 +52,7 @@ class BatchTopKSAE(TopKSAE):
     def _select(self, pre: torch.Tensor, ctx: LossContext):
         crow, cols = batch_topk_structure(pre, self.k * pre.shape[0])
         if ctx.update_state and cols.numel():
-            rows = torch.repeat_interleave(torch.arange(pre.shape[0], device=pre.device),
-                                           crow[1:] - crow[:-1], output_size=cols.numel())
+            rows = csr_rows(crow, cols.numel())
             smallest = pre[rows, cols].min().float()
             # Running average whose decay grows from 0.1 to threshold_decay, so the crude
             # estimates of the first steps are soon forgotten.

@@ -659,16 +659,23 @@ def dpt_root(adata, *, root: int | str | None = None, root_group: Mapping[str, A
     idx = np.flatnonzero(candidates)
     others = ~candidates
     if rule == "farthest":
-        basis = np.asarray(adata.obsm["X_diffmap"], dtype=np.float64)
-        m = int(min(n_dcs, basis.shape[1]))
-        lam = np.clip(np.asarray(adata.uns["diffmap_evals"], dtype=np.float64)[1:m], None,
-                      1 - 1e-9)
-        coords = basis[:, 1:m] * (lam / (1 - lam))
+        coords = _dpt_coords(adata.obsm["X_diffmap"], adata.uns["diffmap_evals"], n_dcs)
         centre = coords[others].mean(0) if others.any() else coords.mean(0)
         return int(idx[np.argmax(((coords[idx] - centre) ** 2).sum(1))])
     reference = np.median(dc[others]) if others.any() else np.median(dc)
     low_side = np.median(dc[idx]) <= reference
     return int(idx[np.argmin(dc[idx])] if low_side else idx[np.argmax(dc[idx])])
+
+
+def _dpt_coords(eigen_basis, eigen_values, n_dcs: int) -> np.ndarray:
+    """Non-trivial diffusion components weighted by λ / (1 − λ) (the DPT metric's
+    coordinates: Euclidean distance between rows is the DPT distance), first ``n_dcs``
+    components counting the trivial one."""
+    basis = np.asarray(eigen_basis, dtype=np.float64)
+    lam = np.asarray(eigen_values, dtype=np.float64)
+    m = int(min(n_dcs, basis.shape[1], lam.size))
+    lam = np.clip(lam[1:m], None, 1 - 1e-9)
+    return basis[:, 1:m] * (lam / (1 - lam))
 
 
 EIGEN_SOLVERS = ("auto", "lanczos", "shift-invert")
@@ -744,14 +751,10 @@ def dpt_distances(eigen_basis: np.ndarray, eigen_values: np.ndarray, root: int,
     -------
     (n_cells,) array scaled to [0, 1] (cells unreachable from the root get 1.0).
     """
-    basis = np.asarray(eigen_basis, dtype=np.float64)
-    lam = np.asarray(eigen_values, dtype=np.float64)
-    m = int(min(n_dcs, basis.shape[1], lam.size))
-    if m < 2:
+    coords = _dpt_coords(eigen_basis, eigen_values, n_dcs)
+    if coords.shape[1] == 0:
         raise ValueError(f"n_dcs={n_dcs} leaves no non-trivial diffusion component")
-    lam = np.clip(lam[1:m], None, 1 - 1e-9)
-    weight = lam / (1 - lam)
-    dist = np.sqrt((((basis[:, 1:m] - basis[root, 1:m]) * weight) ** 2).sum(1))
+    dist = np.sqrt(((coords - coords[root]) ** 2).sum(1))
     top = dist.max()
     return dist / top if top > 0 else dist
 

@@ -295,6 +295,8 @@ def _embed_batches(model, batches, device, geometry: dict, writer: dict | None,
     per_cell, d_tok = geometry["per_cell"], geometry["d_tok"]
     token_pool, token_dtype = geometry["token_pool"], geometry["token_dtype"]
     cell_positions = None
+    tta = geometry.get("tta", "none")
+    n_views = len(TTA_VIEWS[tta])
     for idx, x in batches:
         if not torch.isfinite(x).all():
             bad = idx[~torch.isfinite(x.reshape(len(x), -1)).all(1).numpy()]
@@ -304,7 +306,7 @@ def _embed_batches(model, batches, device, geometry: dict, writer: dict | None,
         pooled = None
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16,
                                              enabled=geometry["use_amp"]):
-            for i, view in enumerate(dihedral_views(x, geometry.get("tta", "none"))):
+            for i, view in enumerate(dihedral_views(x, tta)):
                 # the first view is the crop as it is: its map at the token tap is kept
                 wanted = list({*layers, tokens_layer}) if i == 0 and writer is not None \
                     else layers
@@ -315,7 +317,7 @@ def _embed_batches(model, batches, device, geometry: dict, writer: dict | None,
                               dim=1)
                 pooled = p if pooled is None else pooled + p
         local = idx - offset
-        embeddings[local] = (pooled / len(TTA_VIEWS[geometry.get("tta", "none")])).cpu().numpy()
+        embeddings[local] = (pooled / n_views).cpu().numpy()
         if writer is not None:
             tmap = maps[tokens_layer].float()
             if token_pool > 1:

@@ -206,6 +206,15 @@ def _embedded_cells(ctx: StageContext) -> ad.AnnData:
 
 # -- sae ----------------------------------------------------------------------------------
 
+# cell representations carried from the cells' AnnData onto the latents' AnnData
+CARRIED_REPS = ("X_cnn", "X_measure", "X_pixels", "factors", "programs")
+
+
+def _carry_reps(source, target) -> None:
+    for key in CARRIED_REPS:
+        if key in source.obsm:
+            target.obsm[key] = np.asarray(source.obsm[key])
+
 
 def stage_sae(ctx: StageContext) -> None:
     from . import sae as sae_mod
@@ -267,9 +276,7 @@ def stage_sae(ctx: StageContext) -> None:
         latents.uns["tokens_path"] = str(path.resolve())
     else:
         latents = sae_encode(cells, model, use_rep="X_cnn")
-    for key in ("X_cnn", "X_measure", "X_pixels", "factors", "programs"):
-        if key in cells.obsm:
-            latents.obsm[key] = np.asarray(cells.obsm[key])
+    _carry_reps(cells, latents)
     if "X_measure_names" in cells.uns:
         latents.uns["X_measure_names"] = [str(n) for n in cells.uns["X_measure_names"]]
     latents.uns["crops_path"] = cells.uns.get("crops_path", "")
@@ -519,9 +526,7 @@ def _clustered_latents(raw, cfg):
 
     a = cfg.analyze
     adata = tl.latents_anndata(raw)
-    for key in ("X_cnn", "X_measure", "X_pixels", "factors", "programs"):
-        if key in raw.obsm:
-            adata.obsm[key] = np.asarray(raw.obsm[key])
+    _carry_reps(raw, adata)
     acts = adata.layers["activations"] if "activations" in adata.layers else adata.X
     adata.obsm["X_sae"] = (acts.toarray() if sparse.issparse(acts) else np.asarray(acts)
                            ).astype(np.float32)

@@ -62,7 +62,8 @@ def test_paper_sae_preset_matches_reference():
 
     p = SAE_PRESETS["paper"]
     assert p["arch"] == "gated" and p["d_sae"] == 8192
-    assert p["l1_coeff"] == pytest.approx(800 / 8192)  # λ 800 averaged over latents
+    assert p["l1_total"] == 800 and "l1_coeff" not in p  # λ 800, one source of truth
+    assert p["r_mag"] is False  # the paper ties W_mag to W_gate with no rescale
     assert p["aux_alpha"] == pytest.approx(1 / 32) and p["k_aux"] == 32
     assert p["lr"] == 3e-4 and p["l2_normalise_inputs"]
 

@@ -29,13 +29,14 @@ for _cls in (ReluSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE, GatedSAE, MatryoshkaSA
 
 
 # Presets: keyword arguments for `train`. The paper's gated SAE (REFERENCE_CODE.md §5):
-# unit-norm tokens, no standardisation, λ = 800 averaged over latents (``l1_total``: the
-# per-latent l1_coeff is 800 / d_sae, 800/8192 at the default size), AuxK on the top
+# gate and magnitude weights tied with no r_mag rescale, unit-norm tokens, no
+# standardisation, λ = 800 averaged over latents (``l1_total``, the one source of λ: the
+# trainer turns it into l1_coeff = 800 / d_sae, 800/8192 at the default size), AuxK on the top
 # 32 gate-off latents with α = 1/32, AdamW 3e-4 (wd 1e-4), clip 1.0, 10 % warm-up then
 # cosine decay, λ held at 0 for 100 steps then ramped over 10 % of training.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(
-        arch="gated", d_sae=8192, l1_total=800.0, l1_coeff=800 / 8192, init_std=0.02,
+        arch="gated", d_sae=8192, l1_total=800.0, r_mag=False, init_std=0.02,
         gate_bias_init=0.1, pre_bias=False, l2_normalise_inputs=True, center=False, scale=False,
         lr=3e-4, weight_decay=1e-4, grad_clip=1.0, lr_warmup=0.1, lr_decay="cosine",
         sparsity_delay=100, sparsity_warmup=0.1, aux_alpha=1 / 32, k_aux=32,

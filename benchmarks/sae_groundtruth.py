@@ -104,6 +104,7 @@ def run_setting(name: str, toy_kwargs: dict, *, n_train: int, n_eval: int, d_sae
         out[f"mmcs_{name}_{arch}"] = report["mmcs_true_to_learned"]
         out[f"mmcs_learned_{name}_{arch}"] = report["mmcs_learned_to_true"]
         out[f"mcc_{name}_{arch}"] = report["mcc"]
+        out[f"mcc_decoder_{name}_{arch}"] = report["mcc_decoder"]
         out[f"recovery_{name}_{arch}"] = report["recovery_at_0_9"]
         out[f"fvu_{name}_{arch}"] = report["fvu"]
         out[f"l0_{name}_{arch}"] = report["l0"]
@@ -186,6 +187,7 @@ def main(argv=None) -> int:
     for name, metric, key in (("easy", "mmcs", "mmcs_easy_best"),
                               ("easy", "recovery", "recovery_easy_best"),
                               ("hard", "mcc", "mcc_hard_best"),
+                              ("hard", "mcc_decoder", "mcc_decoder_hard_best"),
                               ("hard", "mmcs", "mmcs_hard_best")):
         values = {a: figures.get(f"{metric}_{name}_{a}") for a in ARCHS}
         values = {a: v for a, v in values.items() if v is not None and np.isfinite(v)}

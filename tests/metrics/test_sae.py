@@ -8,6 +8,7 @@ from cellsae.metrics.sae import (
     fvu,
     l0,
     mcc,
+    mcc_decoder,
     mean_abs_cos,
     mmcs,
     probe_accuracy_recovered,
@@ -55,6 +56,21 @@ def test_mcc_is_one_for_a_permutation_and_low_for_noise(rng):
     assert mcc(learned, true) == pytest.approx(1.0)
     noise = sparse.random(500, 15, density=0.2, random_state=2, format="csr")
     assert mcc(noise, true) < 0.3
+
+
+def test_mcc_decoder_matches_one_to_one_and_counts_missing_features(rng):
+    true = rng.normal(size=(6, 16))
+    perm = rng.permutation(6)
+    learned = -3.0 * true[perm]  # scaled, sign-flipped, permuted: the same dictionary
+    assert mcc_decoder(learned, true) == pytest.approx(1.0)
+    # Two copies of one feature can be matched to it only once.
+    copies = np.vstack([true[:5], true[:1]])
+    unit = true / np.linalg.norm(true, axis=1, keepdims=True)
+    expected = (5 + abs(unit[5] @ unit[0])) / 6
+    assert mcc_decoder(copies, true) == pytest.approx(expected)
+    assert mcc_decoder(true[:3], true) == pytest.approx(0.5)  # 3 of 6 features, no atom for 3
+    with pytest.raises(ValueError, match="dims"):
+        mcc_decoder(true[:, :8], true)
 
 
 def test_probe_and_report(rng):

@@ -15,7 +15,7 @@ from scipy.optimize import linear_sum_assignment
 
 __all__ = [
     "SAEReport", "dead_fraction", "dense_fraction", "fvu", "l0", "latent_frequencies",
-    "mcc", "mean_abs_cos", "mmcs", "probe_accuracy_recovered", "recovery_at", "sae_report",
+    "mcc", "mcc_decoder", "mean_abs_cos", "mmcs", "probe_accuracy_recovered", "recovery_at", "sae_report",
     "shrinkage",
 ]
 
@@ -141,6 +141,24 @@ def recovery_at(decoder, true_dictionary, tau: float = 0.9) -> float:
     return float((_max_cos(true, learned) >= tau).mean())
 
 
+def mcc_decoder(decoder, true_dictionary) -> float:
+    """Mean |cosine| of true features with decoder atoms after Hungarian matching.
+
+    The "MCC" of SynthSAEBench (Chanin et al. 2026, SAELens' ``mean_correlation_coefficient``,
+    after Paulo & Belrose 2025): a one-to-one matching of true features to decoder atoms
+    maximising the total |cosine|. Unlike :func:`mcc` it scores the dictionary only, not
+    the encoder's activations. Returns the mean over true features (unmatched features,
+    when there are fewer atoms, count as 0).
+    """
+    learned, true = _unit_rows(decoder), _unit_rows(true_dictionary)
+    if learned.shape[1] != true.shape[1]:
+        raise ValueError(f"decoder atoms have {learned.shape[1]} dims but true features "
+                         f"have {true.shape[1]}")
+    sim = np.abs(true @ learned.T)
+    rows, cols = linear_sum_assignment(sim, maximize=True)
+    return float(sim[rows, cols].sum() / len(true))
+
+
 def _column_stats(m):
     n = m.shape[0]
     if sparse.issparse(m):
@@ -237,6 +255,7 @@ class SAEReport:
     recovery_at_0_9: float | None = None
     recovery_at_0_8: float | None = None
     mcc: float | None = None
+    mcc_decoder: float | None = None
     probe_accuracy_codes: float | None = None
     probe_accuracy_inputs: float | None = None
     probe_accuracy_recovered: float | None = None
@@ -279,6 +298,7 @@ def sae_report(X, X_hat, codes, decoder, *, true_dictionary=None, true_codes=Non
                                                                         true_dictionary)
         report.recovery_at_0_9 = recovery_at(decoder, true_dictionary, 0.9)
         report.recovery_at_0_8 = recovery_at(decoder, true_dictionary, 0.8)
+        report.mcc_decoder = mcc_decoder(decoder, true_dictionary)
     if true_codes is not None:
         report.mcc = mcc(codes, true_codes)
     if labels is not None:

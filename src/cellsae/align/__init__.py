@@ -24,3 +24,7 @@ __all__ += ["CRITERIA", "distortion_score", "landmark_gw", "quantize", "select_g
 from .costs import multiscale_geodesic_cost  # noqa: E402
 
 __all__ += ["multiscale_geodesic_cost"]
+
+from .refine import refine_gw  # noqa: E402
+
+__all__ += ["refine_gw"]

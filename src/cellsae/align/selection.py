@@ -121,6 +121,7 @@ def select_gw(
     device: Any = "auto",
     seed: int = 0,
     keep_candidates: bool = False,
+    refine: float | None = None,
     **solver_kwargs,
 ) -> GWResult:
     """Run entropic GW over a grid of ``(k, epsilon)`` and keep one coupling without labels.
@@ -146,6 +147,11 @@ def select_gw(
         Target space in which consensus compares projections (``y`` by default).
     keep_candidates : bool
         Also keep every candidate's GWResult in ``selection["_results"]`` (not saved).
+    refine : float in (0, 1), optional
+        After the choice, one self-trained fused GW step with this GW weight
+        (``cellsae.align.refine_gw``; 0.5 is a constant tuned on the benchmarks, see its
+        docstring; off by default: it costs Gouwens morphology a little). The chosen,
+        unrefined candidate stays in ``selection["_results"]`` when kept.
     solver_kwargs
         Passed to ``entropic_gw``.
 
@@ -303,4 +309,13 @@ def select_gw(
         logger.warning(msg)
     logger.info("selected k=%s epsilon=%g by %s", ok[best]["n_neighbors"], ok[best]["epsilon"],
                 criterion)
+    if refine is not None:
+        from .refine import refine_gw
+
+        refined = refine_gw(x, y, chosen, alpha=float(refine), p=p, q=q, device=device,
+                            seed=seed, **solver_kwargs)
+        refined.warnings[:0] = chosen.warnings
+        refined.params["selected_by"] = criterion
+        refined.selection["refined"] = True
+        return refined
     return chosen

@@ -31,7 +31,8 @@ def test_refinement_sharpens_a_cluster_level_coupling(rng):
     assert f_ref < 0.8 * f_base
     assert refined.label_transfer_accuracy(lab, lab) >= 0.95
     rec = refined.params["refinement"]
-    assert rec["alpha"] == 0.5 and rec["ridge_r2_in_sample"] > 0.9
+    assert rec["alpha"] == 0.5 and rec["maps"] == "both"
+    assert rec["forward_ridge_r2_in_sample"] > 0.9 and rec["backward_ridge_r2_in_sample"] > 0.9
     assert rec["start_objective"] == pytest.approx(base.objective)
     assert refined.params["alpha"] == 0.5 and refined.params["epsilon"] == base.params["epsilon"]
     assert refined.selection["refined"] is True
@@ -63,5 +64,7 @@ def test_refine_gw_bad_input(rng):
     for alpha in (0.0, 1.0, 1.5):
         with pytest.raises(ValueError, match="alpha"):
             refine_gw(x, y, res, alpha=alpha, costs=(c1, c2), device="cpu")
+    with pytest.raises(ValueError, match="maps"):
+        refine_gw(x, y, res, maps="sideways", costs=(c1, c2), device="cpu")
     with pytest.raises(ValueError, match="coupling is"):
         refine_gw(x[:100], y, res, costs=(c1, c2), device="cpu")

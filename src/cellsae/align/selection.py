@@ -149,9 +149,9 @@ def select_gw(
         Also keep every candidate's GWResult in ``selection["_results"]`` (not saved).
     refine : float in (0, 1), optional
         After the choice, one self-trained fused GW step with this GW weight
-        (``cellsae.align.refine_gw``; 0.5 is a constant tuned on the benchmarks, see its
-        docstring; off by default: it costs Gouwens morphology a little). The chosen,
-        unrefined candidate stays in ``selection["_results"]`` when kept.
+        (``cellsae.align.refine_gw``, both ridge maps; 0.5, the equal weight, lowered
+        FOSCTTM on every benchmark data set, see its docstring). The chosen, unrefined
+        candidate stays in ``selection["_results"]`` when kept.
     solver_kwargs
         Passed to ``entropic_gw``.
 

@@ -30,6 +30,9 @@ def register(app: typer.Typer) -> None:
                                     "regularisations, comma-separated."),
         criterion: str = typer.Option("consensus", help="Label-free selection: consensus, "
                                       "objective or distortion."),
+        refine: float = typer.Option(0.5, help="GW weight of the label-free refinement step "
+                                     "after the selection (a fused GW on ridge maps fitted to "
+                                     "the coupling's own pseudo-pairs); 0 turns it off."),
         cost: str = typer.Option("knn_geodesic", help="Intra-domain cost: knn_geodesic "
                                  "(every k, epsilon pair is a candidate), "
                                  "multiscale_geodesic (kNN geodesics averaged over every "
@@ -68,6 +71,7 @@ def register(app: typer.Typer) -> None:
         result = gw_map(adata_img, adata_rna, use_rep_img=use_rep_img,
                         use_rep_rna=use_rep_rna, labels_key=labels_key, method=method,
                         n_neighbors=ks, epsilon=eps, criterion=criterion, cost=cost,
+                        refine=refine if refine > 0 else None,
                         n_pcs=n_pcs,
                         n_landmarks=n_landmarks, device=device, seed=seed)
         out.mkdir(parents=True, exist_ok=True)

@@ -126,6 +126,7 @@ def gw_map(
     n_neighbors: int | Sequence[int] = (15, 30, 50),
     epsilon: float | Sequence[float] = (2e-3, 5e-3, 1e-2),
     criterion: str = "consensus",
+    refine: float | None = 0.5,
     cost: str = "knn_geodesic",
     metric: str = "correlation",
     mode: str = "connectivity",
@@ -160,6 +161,12 @@ def gw_map(
         (no k is chosen) and only ε is selected.
     criterion : {"consensus", "objective", "distortion"}
         Label-free selection criterion (see ``cellsae.align.selection``).
+    refine : float in (0, 1) or None
+        After the selection, one self-trained fused GW step with this GW weight
+        (``cellsae.align.refine_gw``: ridge maps fitted on the chosen coupling's own
+        barycentric pseudo-pairs, no labels). It lowered FOSCTTM on every benchmark data
+        set (``benchmarks/gw_alignment.py``); ``None`` keeps the selected coupling as is.
+        Exact method only.
     cost : {"knn_geodesic", "multiscale_geodesic", "euclidean", "cosine"}
         Intra-domain cost (see ``cellsae.align.costs``).
     weights_img, weights_rna : array of shape (n_cells,) or obs column name, optional
@@ -210,7 +217,7 @@ def gw_map(
     if method == "exact":
         result = select_gw(x, y, n_neighbors=ks, epsilons=epss, criterion=criterion,
                            cost=cost, metric=metric, mode=mode, p=p, q=q, device=device,
-                           seed=seed)
+                           seed=seed, refine=refine)
     else:
         if p is not None or q is not None:
             raise ValueError("cell weights are not supported by the landmark solver; use "
@@ -224,7 +231,7 @@ def gw_map(
                        "; ".join(result.warnings) or "see result.history")
     result.params.update(use_rep_img=use_rep_img, use_rep_rna=use_rep_rna,
                          rna_layer=rna_layer, n_pcs=n_pcs, n_top_genes=n_top_genes,
-                         method=method)
+                         method=method, refine=refine if method == "exact" else None)
     summary = result.to_dict()
     adata_img.uns[key_added] = summary
     adata_rna.uns[key_added] = summary

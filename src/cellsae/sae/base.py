@@ -36,6 +36,7 @@ class LossContext:
     aux_alpha: float = 1 / 32
     k_aux: int = 256
     update_state: bool = True          # update running statistics (thresholds)
+    sample_weight: torch.Tensor | None = None  # (batch,) weights of the reconstruction loss
 
 
 @dataclass
@@ -224,8 +225,11 @@ class SAE(nn.Module, abc.ABC):
     # -- shared loss pieces ---------------------------------------------------------------
 
     @staticmethod
-    def _recon(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-        return (x_hat.float() - x).pow(2).sum(-1).mean()
+    def _recon(x: torch.Tensor, x_hat: torch.Tensor,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Squared error per sample, averaged over the batch (weighted if ``weight``)."""
+        err = (x_hat.float() - x).pow(2).sum(-1)
+        return err.mean() if weight is None else (err * weight).mean()
 
     def _auxk_dead(self, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor,
                    ctx: LossContext) -> torch.Tensor | None:
@@ -253,7 +257,7 @@ class SAE(nn.Module, abc.ABC):
         vals = torch.relu(gather_preacts(pre, self._centered(x), self.W_enc, self.b_enc,
                                          self.b_dec, crow, cols, pre_bias=self.pre_bias))
         x_hat = sparse_decode(crow, cols, vals, self.W_dec) + self.b_dec
-        recon = self._recon(x, x_hat)
+        recon = self._recon(x, x_hat, ctx.sample_weight)
         aux = self._auxk_dead(x, x_hat, pre, ctx)
         return x_hat, vals, recon, aux
 

@@ -61,7 +61,7 @@ class MatryoshkaSAE(BatchTopKSAE):
         for g in range(len(self.group_sizes) - 1):
             part = sparse_decode(crow, cols, vals * (group_of == g), self.W_dec)
             partial = partial + part
-            prefix_losses.append(self._recon(x, partial))
+            prefix_losses.append(self._recon(x, partial, ctx.sample_weight))
         prefix_losses.append(recon)
         loss = torch.stack(prefix_losses).mean()
         if aux is not None:

@@ -54,6 +54,7 @@ class TrainConfig:
     sparsity_delay: int = 0
     sparsity_warmup: float = 0.05
     aux_alpha: float = 1 / 32
+    sample_weight_power: float = 0.0
     k_aux: int | None = None
     dead_window: int | None = None
     resample_every: int | None = None
@@ -90,6 +91,10 @@ class TrainConfig:
             raise bad("sparsity_warmup", self.sparsity_warmup, "a fraction in [0, 1)")
         if self.aux_alpha < 0:
             raise bad("aux_alpha", self.aux_alpha, "it must be non-negative")
+        if not 0 <= self.sample_weight_power <= 4:
+            raise bad("sample_weight_power", self.sample_weight_power, "a number in [0, 4] "
+                      "(0: plain mean squared error, 2: each sample's error relative to its "
+                      "squared norm)")
         if self.decoder_bias_init not in ("mean", "zero"):
             raise bad("decoder_bias_init", self.decoder_bias_init, "use 'mean' or 'zero'")
         if self.early_stop_patience is not None and self.early_stop_patience < 1:
@@ -220,7 +225,8 @@ class _Run:
             group["lr"] = self.lr_at(self.step)
         ctx = LossContext(sparsity_scale=self.sparsity_scale_at(self.step),
                           dead_mask=self.samples_since_fired > self.dead_window,
-                          aux_alpha=c.aux_alpha, k_aux=self.k_aux)
+                          aux_alpha=c.aux_alpha, k_aux=self.k_aux,
+                          sample_weight=_sample_weights(x, c.sample_weight_power))
         use_amp = autocast == "always" or (autocast is True and x.is_cuda)
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=use_amp):
             out = sae.training_forward(x, ctx)
@@ -241,7 +247,8 @@ class _Run:
                     self.step + 1 < c.n_steps:
                 self.resample_dead(x, out.x_hat.detach().float())
             total_var = (x - x.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
-            recon = out.parts.get("recon", float("nan"))
+            recon = out.parts.get("recon", float("nan")) if ctx.sample_weight is None else \
+                float((out.x_hat.detach().float() - x).pow(2).sum(-1).mean())
             loss = float(out.loss.detach())
         self.step += 1
         metrics = {"loss": loss, "fvu": recon / float(total_var), "l0": out.l0,
@@ -378,6 +385,24 @@ class _Run:
         return sae
 
 
+def _sample_weights(x: torch.Tensor, power: float) -> torch.Tensor | None:
+    """Per-sample weights ∝ ‖x_i‖^-power of the reconstruction loss, mean 1 per batch.
+
+    ``x`` is the standardised batch (mean-centred unless ``center=False``).
+
+    With correlated features a few crowded samples (many features active at once) have
+    large norms and would dominate a plain squared error; ``power = 2`` scores each
+    sample's error relative to its own squared norm. Norms are floored at 5 % of the
+    batch's mean norm so that near-empty inputs do not take over.
+    """
+    if power == 0:
+        return None
+    with torch.no_grad():
+        norm = x.float().norm(dim=1)
+        w = norm.clamp_min(0.05 * float(norm.mean()) + 1e-12).pow(-power)
+        return w / w.mean()
+
+
 def _resolve_steps(n_rows: int, batch_size: int, n_steps: int | None,
                    n_epochs: float | None) -> int:
     if n_steps is not None and n_epochs is not None:
@@ -509,7 +534,9 @@ def train(
         Architecture hyperparameters (``l1_coeff``, ``threshold_decay``, ``group_sizes``,
         ``pre_bias``, ...) and recipe settings (``batch_size`` = 4096, ``lr`` (default
         2e-4·√(16384/d_sae)), ``lr_warmup``, ``lr_decay``, ``weight_decay``, ``grad_clip``,
-        ``aux_alpha`` = 1/32, ``k_aux``, ``dead_window``, ``resample_every`` (steps
+        ``aux_alpha`` = 1/32, ``sample_weight_power`` (0: plain squared error; 2: each
+        sample's error relative to its squared norm, see ``_sample_weights``), ``k_aux``,
+        ``dead_window``, ``resample_every`` (steps
         between resamplings of dead latents; off by default), ``center``, ``scale``,
         ``early_stop_patience``, ``chunk_size``, ``buffer_chunks``, ...); see
         :class:`TrainConfig`.

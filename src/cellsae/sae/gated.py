@@ -128,14 +128,14 @@ class GatedSAE(SAE):
             gate = _GateSTE.apply(gate_pre)
         codes = gate * mag
         x_hat = self.decode_normalised(codes)
-        recon = self._recon(x, x_hat)
+        recon = self._recon(x, x_hat, ctx.sample_weight)
         norms = self.W_dec.norm(dim=1).detach()
         gate_act = torch.relu(gate_pre)
         sparsity = (gate_act.float() * norms).sum(-1).mean()
         loss = recon + ctx.sparsity_scale * self._penalty_coeff() * sparsity
         if self.use_r_mag:
             gate_hat = gate_act @ self.W_dec.detach() + self.b_dec.detach()
-            gate_recon = self._recon(x, gate_hat)
+            gate_recon = self._recon(x, gate_hat, ctx.sample_weight)
             loss = loss + gate_recon
             aux = self._auxk_dead(x, x_hat, gate_pre.detach(), ctx)
         else:

@@ -97,7 +97,7 @@ class JumpReLUSAE(SAE):
         threshold = self.log_threshold.exp()
         codes = _JumpReLU.apply(pre, threshold, self.bandwidth)
         x_hat = self.decode_normalised(codes)
-        recon = self._recon(x, x_hat)
+        recon = self._recon(x, x_hat, ctx.sample_weight)
         l0 = _Step.apply(pre, threshold, self.bandwidth).sum(-1).mean()
         loss = recon + ctx.sparsity_scale * self.l0_coeff * l0
         aux = self._auxk_dead(x, x_hat, pre.detach(), ctx)

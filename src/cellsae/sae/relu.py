@@ -50,7 +50,7 @@ class ReluSAE(SAE):
         pre = torch.nn.functional.linear(self._centered(x), self.W_enc, self.b_enc)
         codes = torch.relu(pre)
         x_hat = self.decode_normalised(codes)
-        recon = self._recon(x, x_hat)
+        recon = self._recon(x, x_hat, ctx.sample_weight)
         sparsity = (codes.float() * self.W_dec.norm(dim=1)).sum(-1).mean()
         loss = recon + ctx.sparsity_scale * self._penalty_coeff() * sparsity
         aux = self._auxk_dead(x, x_hat, pre.detach(), ctx)

@@ -44,6 +44,8 @@ def test_bad_inputs(rng):
         gw_map(img, rna, labels_key="nope")
     with pytest.raises(KeyError, match="obsm"):
         gw_map(img, rna, use_rep_img="X_missing")
+    with pytest.raises(ValueError, match="refine"):
+        gw_map(img, rna, refine=1.5)
     bad = rna.copy()
     bad.X = bad.X.toarray()
     bad.X[0] = 0

@@ -206,6 +206,8 @@ def gw_map(
         raise ValueError("n_neighbors and epsilon must each give at least one value")
     if any(float(e) <= 0 for e in epss):
         raise ValueError(f"epsilon values must be positive, got {epss}")
+    if refine is not None and not 0 < float(refine) < 1:
+        raise ValueError(f"refine must be a GW weight in (0, 1) or None (off), got {refine!r}")
     p = _weights(adata_img, weights_img, "weights_img (image cells)")
     q = _weights(adata_rna, weights_rna, "weights_rna (RNA cells)")
     x = image_representation(adata_img, use_rep=use_rep_img, n_pcs=n_pcs, seed=seed)

@@ -314,8 +314,7 @@ def select_gw(
 
         refined = refine_gw(x, y, chosen, alpha=float(refine), p=p, q=q, device=device,
                             seed=seed, **solver_kwargs)
-        refined.warnings[:0] = chosen.warnings
-        refined.params["selected_by"] = criterion
+        refined.warnings[:0] = chosen.warnings  # params["selected_by"] is carried over
         refined.selection["refined"] = True
         return refined
     return chosen

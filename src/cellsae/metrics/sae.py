@@ -128,16 +128,13 @@ def mmcs(decoder, true_dictionary) -> tuple[float, float]:
         truth is recovered), and the mean over decoder atoms of the best cosine with a
         true feature (how many atoms are real features).
     """
-    learned, true = _unit_rows(decoder), _unit_rows(true_dictionary)
-    if learned.shape[1] != true.shape[1]:
-        raise ValueError(f"decoder atoms have {learned.shape[1]} dims but true features "
-                         f"have {true.shape[1]}")
+    learned, true = _unit_dictionaries(decoder, true_dictionary)
     return float(_max_cos(true, learned).mean()), float(_max_cos(learned, true).mean())
 
 
 def recovery_at(decoder, true_dictionary, tau: float = 0.9) -> float:
     """Fraction of true features with a decoder atom at cosine ≥ ``tau``."""
-    learned, true = _unit_rows(decoder), _unit_rows(true_dictionary)
+    learned, true = _unit_dictionaries(decoder, true_dictionary)
     return float((_max_cos(true, learned) >= tau).mean())
 
 
@@ -150,13 +147,29 @@ def mcc_decoder(decoder, true_dictionary) -> float:
     the encoder's activations. Returns the mean over true features (unmatched features,
     when there are fewer atoms, count as 0).
     """
+    return _matched_abs_cos(_unit_pair(decoder, true_dictionary))
+
+
+def _unit_dictionaries(decoder, true_dictionary) -> tuple[np.ndarray, np.ndarray]:
+    """Unit-norm (decoder, true) rows, checked to live in the same space."""
     learned, true = _unit_rows(decoder), _unit_rows(true_dictionary)
     if learned.shape[1] != true.shape[1]:
         raise ValueError(f"decoder atoms have {learned.shape[1]} dims but true features "
                          f"have {true.shape[1]}")
-    sim = np.abs(true @ learned.T)
+    return learned, true
+
+
+def _unit_pair(decoder, true_dictionary) -> np.ndarray:
+    """Dense (n_features, n_atoms) cosines between true features and decoder atoms."""
+    learned, true = _unit_dictionaries(decoder, true_dictionary)
+    return true @ learned.T
+
+
+def _matched_abs_cos(sim: np.ndarray) -> float:
+    """Mean over true features (rows) of |cos| after a one-to-one Hungarian matching."""
+    sim = np.abs(sim)
     rows, cols = linear_sum_assignment(sim, maximize=True)
-    return float(sim[rows, cols].sum() / len(true))
+    return float(sim[rows, cols].sum() / sim.shape[0])
 
 
 def _column_stats(m):
@@ -293,12 +306,14 @@ def sae_report(X, X_hat, codes, decoder, *, true_dictionary=None, true_codes=Non
         dense_fraction=float((freq > dense_threshold).mean()), shrinkage=shrinkage(X, X_hat),
         mean_abs_cos=mean_abs_cos(decoder, alive=freq > 0), n_samples=int(codes.shape[0]),
         d_sae=int(codes.shape[1]))
-    if true_dictionary is not None:
-        report.mmcs_true_to_learned, report.mmcs_learned_to_true = mmcs(decoder,
-                                                                        true_dictionary)
-        report.recovery_at_0_9 = recovery_at(decoder, true_dictionary, 0.9)
-        report.recovery_at_0_8 = recovery_at(decoder, true_dictionary, 0.8)
-        report.mcc_decoder = mcc_decoder(decoder, true_dictionary)
+    if true_dictionary is not None:  # one similarity matrix serves every dictionary score
+        sim = _unit_pair(decoder, true_dictionary)
+        best_true = sim.max(1)
+        report.mmcs_true_to_learned = float(best_true.mean())
+        report.mmcs_learned_to_true = float(sim.max(0).mean())
+        report.recovery_at_0_9 = float((best_true >= 0.9).mean())
+        report.recovery_at_0_8 = float((best_true >= 0.8).mean())
+        report.mcc_decoder = _matched_abs_cos(sim)
     if true_codes is not None:
         report.mcc = mcc(codes, true_codes)
     if labels is not None:
